@@ -1,0 +1,354 @@
+"""DetailFlow generator: a LlamaGen-style class-conditional GPT with group-parallel decoding.
+
+Sequence for class `y` and codes `x_0 .. x_{L-1}` (`c` = causal_num, `g` = group_size):
+
+    L <  c:  [cls(y), x_0 .. x_{L-1}]                                     length 1 + L
+    L >= c:  [cls(y), x_0 .. x_{c-1}, S_0 .. S_{g-2}, x_c .. x_{L-1}]     length L + g
+
+Position 0 predicts `x_0`, positions `1 .. c-1` predict one code each, and from position `c` on
+each block of `g` positions predicts the next group. Attention is token-causal over the first `c`
+positions and block-causal (bidirectional inside a block) after. RoPE is 2D over a
+`(N/g) x g` grid, with zero angles *and zero magnitude* on the class token, as in the original.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
+from transformers.utils import ModelOutput
+
+from .configuration_ar import DetailFlowARConfig
+from .sampling import (
+    apply_guidance,
+    check_sampling_args,
+    guidance_scale_for_group,
+    sample_positions,
+    sample_tokens,
+)
+
+
+@dataclass
+class DetailFlowGenerationOutput(ModelOutput):
+    """Output of [`DetailFlowForImageGeneration.generate`].
+
+    Args:
+        sequences (`torch.LongTensor` of shape `(batch, num_tokens)`): generated token ids.
+    """
+
+    sequences: torch.LongTensor | None = None
+
+
+def rope_2d_table(config: DetailFlowARConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin `(1 + num_tokens, head_dim)` in the `rotate_half` layout, float32.
+
+    Code position `m` sits at grid cell `(m // g, m % g)`; the first quarter of the frequencies
+    rotates by the row, the second by the column. Row 0 (class token) is all zeros, not identity.
+    """
+    half, quarter = config.head_dim // 2, config.head_dim // 4
+    base = config.rope_parameters["rope_theta"]
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2)[:quarter].float() / half))
+    cells = torch.arange(config.num_tokens)
+    rows, cols = cells // config.group_size, cells % config.group_size
+    angles = torch.cat([torch.outer(rows, freqs), torch.outer(cols, freqs)], dim=-1)
+    zero = torch.zeros(1, half)
+    cos, sin = torch.cat([zero, angles.cos()]), torch.cat([zero, angles.sin()])
+    return torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
+
+
+def block_sequence_ids(config: DetailFlowARConfig) -> torch.LongTensor:
+    """`(1 + num_tokens,)` attention blocks of the sequence: -1 (causal) for the first `c` positions
+    (class token included), then `position // g` (bidirectional inside a block)."""
+    positions = torch.arange(config.num_tokens + 1)
+    return torch.where(positions < config.causal_num, -1, positions // config.group_size)
+
+
+class DetailFlowRotaryEmbedding(nn.Module):
+    """Looks up the fixed 2D RoPE table by sequence position."""
+
+    def __init__(self, config: DetailFlowARConfig):
+        super().__init__()
+        self.config = config
+        cos, sin = rope_2d_table(config)
+        self.cos = nn.Buffer(cos, persistent=False)
+        self.sin = nn.Buffer(sin, persistent=False)
+
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.LongTensor):
+        """`position_ids` (batch, seq) -> (cos, sin), each (batch, seq, head_dim) in the hidden dtype."""
+        dtype = hidden_states.dtype
+        return self.cos[position_ids].to(dtype), self.sin[position_ids].to(dtype)
+
+
+class DetailFlowDecoderLayer(GradientCheckpointingLayer):
+    """Llama pre-norm block plus the original's residual and FFN dropouts."""
+
+    def __init__(self, config: DetailFlowARConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = LlamaAttention(config=config, layer_idx=layer_idx)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.residual_dropout = nn.Dropout(config.residual_dropout)
+        self.ffn_dropout = nn.Dropout(config.ffn_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        attn_output, _ = self.self_attn(
+            hidden_states=self.input_layernorm(hidden_states),
+            position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+        hidden_states = hidden_states + self.residual_dropout(attn_output)
+        mlp_output = self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states + self.ffn_dropout(mlp_output)
+
+
+class DetailFlowPreTrainedModel(PreTrainedModel):
+    config: DetailFlowARConfig
+    config_class = DetailFlowARConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DetailFlowDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _can_record_outputs = {"hidden_states": DetailFlowDecoderLayer, "attentions": LlamaAttention}
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, DetailFlowRotaryEmbedding):
+            cos, sin = rope_2d_table(module.config)
+            init.copy_(module.cos, cos)
+            init.copy_(module.sin, sin)
+        elif isinstance(module, DetailFlowARModel):
+            init.copy_(module.block_ids, block_sequence_ids(module.config))
+        elif module is getattr(self, "lm_head", None):
+            init.zeros_(module.weight)  # the original zero-initialises its output head
+
+
+class DetailFlowARModel(DetailFlowPreTrainedModel):
+    """Embeddings, group-causal Llama blocks and the final norm (no head)."""
+
+    def __init__(self, config: DetailFlowARConfig):
+        super().__init__(config)
+        # Row `num_classes` is the null class of classifier-free guidance.
+        self.class_embedding = nn.Embedding(config.num_classes + 1, config.hidden_size)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.special_embeddings = nn.Embedding(config.group_size - 1, config.hidden_size)
+        self.token_dropout = nn.Dropout(config.token_dropout)
+        self.layers = nn.ModuleList(
+            [DetailFlowDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = DetailFlowRotaryEmbedding(config)
+        self.block_ids = nn.Buffer(block_sequence_ids(config), persistent=False)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.embed_tokens = value
+
+    def embed_sequence(self, input_ids: torch.LongTensor, class_labels: torch.LongTensor) -> torch.Tensor:
+        """Build the input sequence `(batch, seq, hidden)` from codes `(batch, L)` and labels `(batch,)`.
+
+        In training, labels are replaced by the null class with probability `class_dropout_prob`.
+        """
+        if self.training and self.config.class_dropout_prob > 0:
+            drop = torch.rand(class_labels.shape, device=class_labels.device) < self.config.class_dropout_prob
+            class_labels = torch.where(drop, self.config.null_class_id, class_labels)
+        class_token = self.class_embedding(class_labels).unsqueeze(1)
+        codes = self.embed_tokens(input_ids)
+        c = self.config.causal_num
+        if input_ids.shape[1] < c:
+            return torch.cat([class_token, codes], dim=1)
+        special = self.special_embeddings.weight.unsqueeze(0).expand(codes.shape[0], -1, -1)
+        return torch.cat([class_token, codes[:, :c], special.to(codes.dtype), codes[:, c:]], dim=1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        class_labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """Run the blocks over a sequence.
+
+        Args:
+            input_ids: codes `(batch, L)`; with `class_labels` `(batch,)` they form the sequence.
+            inputs_embeds: an already built chunk of the sequence `(batch, seq, hidden)` instead.
+            position_ids: sequence positions `(batch, seq)`; default: after the cached ones.
+            past_key_values: a `Cache` extended in place (decoding).
+
+        Returns:
+            `last_hidden_state` `(batch, seq, hidden)`, normalised.
+        """
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_sequence(input_ids, class_labels)
+        hidden_states = self.token_dropout(inputs_embeds)
+        if position_ids is None:
+            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(past, past + hidden_states.shape[1], device=hidden_states.device)[None]
+        kv_end = int(position_ids.max()) + 1
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=None,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+            block_sequence_ids=self.block_ids[:kv_end].expand(hidden_states.shape[0], -1),
+        )
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=mask,
+                position_embeddings=position_embeddings,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values)
+
+
+class DetailFlowForImageGeneration(DetailFlowPreTrainedModel):
+    """The DetailFlow class-conditional generator: [`DetailFlowARModel`] plus an untied output head."""
+
+    def __init__(self, config: DetailFlowARConfig):
+        super().__init__(config)
+        self.model = DetailFlowARModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def _check_labels(self, class_labels, allow_null: bool) -> torch.LongTensor:
+        labels = torch.as_tensor(class_labels, device=self.device)
+        if labels.ndim == 0:
+            labels = labels[None]
+        if labels.ndim != 1 or torch.is_floating_point(labels) or labels.numel() == 0:
+            raise ValueError(f"class_labels must be a non-empty 1-D sequence of integer ids, got {class_labels!r}.")
+        high = self.config.num_classes + (1 if allow_null else 0)
+        bad = labels[(labels < 0) | (labels >= high)]
+        if bad.numel():
+            raise ValueError(
+                f"class id {bad[0].item()} is out of range; expected 0 <= id < {self.config.num_classes}"
+                + (f" (or {self.config.num_classes}, the null class)." if allow_null else ".")
+            )
+        return labels.long()
+
+    def _check_codes(self, input_ids: torch.LongTensor):
+        n, g, c, vocab = self.config.num_tokens, self.config.group_size, self.config.causal_num, self.config.vocab_size
+        length = input_ids.shape[1]
+        if input_ids.ndim != 2 or (length >= c and length + g > n + 1) or length > n:
+            raise ValueError(
+                f"input_ids must be (batch, L) codes with L <= {n - g + 1} (num_tokens - group_size + 1), "
+                f"got shape {tuple(input_ids.shape)}."
+            )
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
+            raise ValueError(
+                f"input_ids span [{input_ids.min().item()}, {input_ids.max().item()}]; expected ids in [0, {vocab})."
+            )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        class_labels: torch.LongTensor,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits for every position of the sequence built from `input_ids` and `class_labels`.
+
+        Args:
+            input_ids: codes `(batch, L)`; training feeds `z[:, :N - g]`.
+            class_labels: `(batch,)` ids in `[0, num_classes]` (`num_classes` = null class).
+            labels: target codes `(batch, seq)`; for training, all `N` codes `z`.
+
+        Returns:
+            `logits` `(batch, seq, vocab)` in float32 (`seq` = `L + g` once `L >= causal_num`, else
+            `1 + L`) and, with `labels`, `loss` = mean cross-entropy over every position.
+        """
+        self._check_codes(input_ids)
+        class_labels = self._check_labels(class_labels, allow_null=True)
+        hidden = self.model(input_ids=input_ids, class_labels=class_labels, **kwargs).last_hidden_state
+        logits = self.lm_head(hidden).float()
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(f"labels of shape {tuple(labels.shape)} do not match the logits {tuple(logits.shape[:2])}.")
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    # -- generation ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        class_labels,
+        guidance_scale: float = 1.5,
+        gradual_guidance: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        return_dict: bool = False,
+    ) -> torch.LongTensor | DetailFlowGenerationOutput:
+        """Generate `(batch, num_tokens)` token ids for `class_labels` (ids in `[0, num_classes)`).
+
+        The first `causal_num` tokens come one at a time, then `group_size` at a time. With
+        `guidance_scale > 1` the conditional and null-class halves run in one batch and combine as
+        `u + s (c - u)`; `gradual_guidance` lowers `s` linearly over the groups. `top_k=1` is greedy.
+        This is the reference path: every step recomputes the whole prefix, as the original does.
+        """
+        check_sampling_args(guidance_scale, temperature, top_k, top_p)
+        labels = self._check_labels(class_labels, allow_null=False)
+        use_cfg = guidance_scale > 1.0
+        if use_cfg:
+            labels = torch.cat([labels, torch.full_like(labels, self.config.null_class_id)])
+        n, g, c = self.config.num_tokens, self.config.group_size, self.config.causal_num
+        batch = labels.shape[0] // (2 if use_cfg else 1)
+        codes = torch.zeros(batch, 0, dtype=torch.long, device=self.device)
+
+        def step_logits(num_positions: int, scale: float) -> torch.Tensor:
+            prefix = torch.cat([codes, codes]) if use_cfg else codes
+            logits = self.model(input_ids=prefix, class_labels=labels).last_hidden_state[:, -num_positions:]
+            logits = self.lm_head(logits).float()
+            return apply_guidance(logits, scale) if use_cfg else logits
+
+        for _ in range(c):
+            token = sample_tokens(step_logits(1, guidance_scale)[:, -1], temperature, top_k, top_p, generator)
+            codes = torch.cat([codes, token[:, None]], dim=1)
+        for group in range(c // g, n // g):
+            scale = guidance_scale_for_group(guidance_scale, group, n // g, gradual_guidance)
+            tokens = sample_positions(step_logits(g, scale), temperature, top_k, top_p, generator)
+            codes = torch.cat([codes, tokens], dim=1)
+        return DetailFlowGenerationOutput(sequences=codes) if return_dict else codes
+
+
+__all__ = [
+    "DetailFlowARModel",
+    "DetailFlowForImageGeneration",
+    "DetailFlowGenerationOutput",
+    "DetailFlowPreTrainedModel",
+]

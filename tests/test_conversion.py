@@ -1,0 +1,119 @@
+import argparse
+import json
+import shutil
+
+import pytest
+import torch
+
+from detailflow_hf import DetailFlowPipeline
+from detailflow_hf.cli import main
+from detailflow_hf.conversion.original import ConversionError, convert_generator, convert_release, convert_tokenizer
+
+from .hub_cache import add_snapshot
+
+
+def test_cli_conversion_reproduces_every_fixture_tensor(converted_dir, expected):
+    pipe = DetailFlowPipeline.from_pretrained(converted_dir)
+    vq, gpt = pipe.vqvae, pipe.transformer
+    assert not vq.training and not gpt.training
+    out = vq.encode(expected["tokenizer.images"])
+    assert torch.equal(out.token_ids, expected["tokenizer.encode.indices"])
+    assert (out.latents - expected["tokenizer.encode.quant"]).abs().max() <= 1e-4
+    for k in (1, 4, 8, 16, 24, 32):
+        assert (vq.decode(out.latents, k).sample - expected[f"tokenizer.decode.t{k}"]).abs().max() <= 1e-4
+    z, y = expected["ar.z"], expected["ar.labels"]
+    for length in (2, 4, 28):
+        assert (gpt(z[:, :length], y).logits - expected[f"ar.logits.L{length}"]).abs().max() <= 1e-4
+    assert abs(gpt(z[:, :-4], y, labels=z).loss.item() - expected["ar.loss"].item()) <= 1e-5
+    ids = gpt.generate(y, guidance_scale=1.5, top_k=1)
+    assert torch.equal(ids, expected["ar.greedy.cfg1.5"])
+    assert torch.equal(gpt.generate(y, guidance_scale=3.0, gradual_guidance=True, top_k=1), expected["ar.greedy.cfg3.0_gradual"])
+    assert (vq.decode(ids).sample - expected["pipeline.greedy.cfg1.5.pixels"]).abs().max() <= 1e-4
+
+
+def test_conversion_drops_training_tensors_and_keeps_self_correction(converted_dir):
+    from safetensors import safe_open
+
+    with safe_open(converted_dir / "vqvae" / "diffusion_pytorch_model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert "refine_conv.weight" in keys and "encoder.refined_tokens" in keys
+    assert not any(k.startswith(("repa_model", "global_token_proj")) or "codebook_used" in k for k in keys)
+
+
+def test_ema_choice(fixture_dir, expected):
+    ema = convert_generator(fixture_dir / "ar")
+    plain = convert_generator(fixture_dir / "ar", use_ema=False)
+    z, y = expected["ar.z"], expected["ar.labels"]
+    assert (ema(z[:, :4], y).logits - expected["ar.logits.L4"]).abs().max() <= 1e-4
+    assert (plain(z[:, :4], y).logits - expected["ar.logits.L4"]).abs().max() > 1e-3
+
+
+def test_hub_repo_ids_offline(fixture_dir, architecture, tmp_path, expected):
+    add_snapshot("ByteFlow-AI/DetailFlow-tiny", fixture_dir / "tokenizer")
+    add_snapshot("ByteFlow-AI/DetailFlow-tiny-GPT", fixture_dir / "ar")
+    out = tmp_path / "pipe"
+    pipe = convert_release("ByteFlow-AI/DetailFlow-tiny", "ByteFlow-AI/DetailFlow-tiny-GPT", out, tokenizer_architecture=architecture)
+    assert torch.equal(pipe.transformer.generate(expected["ar.labels"], top_k=1), expected["ar.greedy.cfg1.5"])
+    # and a converted pipeline pushed to the Hub loads by repo id through the cache
+    add_snapshot("someone/detailflow-tiny-hf", out)
+    loaded = DetailFlowPipeline.from_pretrained("someone/detailflow-tiny-hf")
+    assert torch.equal(loaded.transformer.generate(expected["ar.labels"], top_k=1), expected["ar.greedy.cfg1.5"])
+    with pytest.raises(ConversionError, match="cannot find 'ByteFlow-AI/not-there'"):
+        convert_tokenizer("ByteFlow-AI/not-there")
+
+
+def _copy_release(fixture_dir, tmp_path, name):
+    target = tmp_path / name
+    shutil.copytree(fixture_dir / name, target)
+    return target
+
+
+def test_truncated_checkpoint(fixture_dir, tmp_path):
+    root = _copy_release(fixture_dir, tmp_path, "ar")
+    ckpt = root / "checkpoints" / "0000100.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    with pytest.raises(ConversionError, match=r"0000100.pt is corrupt or truncated"):
+        convert_generator(root)
+
+
+class Payload:
+    """Any class a checkpoint might pickle; unpickling it could run code."""
+
+
+def test_pickled_object_not_allow_listed(fixture_dir, tmp_path):
+    root = _copy_release(fixture_dir, tmp_path, "ar")
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        data = torch.load(root / "checkpoints" / "0000100.pt", weights_only=True)
+    data["args"] = Payload()
+    torch.save(data, root / "checkpoints" / "0000200.pt")  # newest: picked by default
+    with pytest.raises(ConversionError, match=r"0000200.pt contains a pickled object that is not allow-listed.*Payload"):
+        convert_generator(root)
+
+
+def test_missing_config_key(fixture_dir, tmp_path):
+    root = _copy_release(fixture_dir, tmp_path, "ar")
+    config = json.loads((root / "config.json").read_text())
+    del config["block_size"]
+    (root / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match=r"missing config key 'block_size' in .*ar/config.json"):
+        convert_generator(root)
+
+
+def test_vocabulary_mismatch(fixture_dir, architecture, tmp_path):
+    root = _copy_release(fixture_dir, tmp_path, "ar")
+    ckpt = root / "checkpoints" / "0000100.pt"
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        data = torch.load(ckpt, weights_only=True)
+    for key in ("model", "ema"):
+        data[key]["tok_embeddings.weight"] = data[key]["tok_embeddings.weight"][:100]
+        data[key]["output.weight"] = data[key]["output.weight"][:100]
+    torch.save(data, ckpt)
+    with pytest.raises(ConversionError, match="vocabulary size is 128 in the tokenizer but 100 in the generator"):
+        convert_release(fixture_dir / "tokenizer", root, tokenizer_architecture=architecture)
+
+
+def test_cli_reports_errors_in_one_line(tmp_path, capsys):
+    code = main(["convert", "--tokenizer", str(tmp_path / "nope"), "--generator", str(tmp_path), "--output", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("detailflow-hf convert: error: ") and "\n" not in err and "nope" in err

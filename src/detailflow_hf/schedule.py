@@ -11,6 +11,11 @@ import math
 from dataclasses import dataclass, field
 
 
+def prefix_lengths(num_tokens: int, group_size: int, causal_num: int) -> tuple[int, ...]:
+    """Token counts reached after each decoding step: `1, 2, .., c`, then one group at a time."""
+    return tuple(range(1, causal_num + 1)) + tuple(range(causal_num + group_size, num_tokens + 1, group_size))
+
+
 @dataclass(frozen=True)
 class ResolutionSchedule:
     """The resolution mapping for one tokenizer.
@@ -54,8 +59,7 @@ class ResolutionSchedule:
             raise ValueError(
                 f"max_image_size ({self.max_image_size}) must be a multiple of decoder_patch_size ({self.decoder_patch_size})."
             )
-        tokens = list(range(1, c + 1)) + [k * g for k in range(c // g + 1, n // g + 1)]
-        object.__setattr__(self, "token_list", tuple(tokens))
+        object.__setattr__(self, "token_list", prefix_lengths(n, g, c))
 
     # -- per token count --------------------------------------------------------------------------
     def resolution(self, num_tokens: int) -> int:

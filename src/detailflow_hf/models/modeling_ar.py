@@ -13,13 +13,14 @@ positions and block-causal (bidirectional inside a block) after. RoPE is 2D over
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -27,14 +28,9 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
 from transformers.utils import ModelOutput
 
+from ..schedule import prefix_lengths
 from .configuration_ar import DetailFlowARConfig
-from .sampling import (
-    apply_guidance,
-    check_sampling_args,
-    guidance_scale_for_group,
-    sample_positions,
-    sample_tokens,
-)
+from .sampling import apply_guidance, check_sampling_args, guidance_scale_for_group, sample_positions
 
 
 @dataclass
@@ -211,14 +207,13 @@ class DetailFlowARModel(DetailFlowPreTrainedModel):
         if position_ids is None:
             past = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(past, past + hidden_states.shape[1], device=hidden_states.device)[None]
-        kv_end = int(position_ids.max()) + 1
         mask = create_causal_mask(
             config=self.config,
             inputs_embeds=hidden_states,
             attention_mask=None,
             past_key_values=past_key_values,
             position_ids=position_ids,
-            block_sequence_ids=self.block_ids[:kv_end].expand(hidden_states.shape[0], -1),
+            block_sequence_ids=self.block_ids.expand(hidden_states.shape[0], -1),
         )
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         for layer in self.layers:
@@ -311,39 +306,146 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel):
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_tokens: int | None = None,
+        callback: Callable[[int, torch.LongTensor], None] | None = None,
+        use_cache: bool = True,
+        compile: bool = False,
         return_dict: bool = False,
     ) -> torch.LongTensor | DetailFlowGenerationOutput:
-        """Generate `(batch, num_tokens)` token ids for `class_labels` (ids in `[0, num_classes)`).
+        """Generate token ids for `class_labels` (ids in `[0, num_classes)`), coarse to fine.
 
         The first `causal_num` tokens come one at a time, then `group_size` at a time. With
         `guidance_scale > 1` the conditional and null-class halves run in one batch and combine as
-        `u + s (c - u)`; `gradual_guidance` lowers `s` linearly over the groups. `top_k=1` is greedy.
-        This is the reference path: every step recomputes the whole prefix, as the original does.
+        `u + s (c - u)`; `gradual_guidance` lowers `s` linearly over the groups (the token-by-token
+        prefix keeps `s`). Sampling: `/ temperature`, top-k (`top_k=1` is greedy), top-p, one
+        multinomial draw per position.
+
+        Args:
+            num_tokens: stop after this many tokens (any prefix length of the schedule; default all).
+            callback: called after every decoding step as `callback(step, tokens)` with the ids so far
+                `(batch, k)`, `k` running through the valid prefix lengths.
+            generator: one `torch.Generator`, or one per image. With a list, each image draws from
+                its own stream, so its tokens do not depend on the rest of the batch — up to the
+                last bits of the logits, which can differ between batch sizes and, rarely, flip a draw.
+            use_cache: decode against a KV cache (fast, default); `False` recomputes the whole
+                prefix at every step as the original does (the reference path).
+            compile: with the cache, use a static cache and a `torch.compile`d step (CUDA graphs on
+                GPU), compiled once per (batch, num_tokens, device, dtype) and reused.
+
+        Returns:
+            `(batch, num_tokens)` long ids, or a [`DetailFlowGenerationOutput`] with `return_dict=True`.
         """
         check_sampling_args(guidance_scale, temperature, top_k, top_p)
         labels = self._check_labels(class_labels, allow_null=False)
+        generators = _check_generators(generator, labels.shape[0])
+        steps = self._prefix_lengths(num_tokens)
+        if hasattr(self, "_hf_hook"):  # accelerate offload hooks only fire on forward()
+            self._hf_hook.pre_forward(self)
         use_cfg = guidance_scale > 1.0
         if use_cfg:
             labels = torch.cat([labels, torch.full_like(labels, self.config.null_class_id)])
-        n, g, c = self.config.num_tokens, self.config.group_size, self.config.causal_num
-        batch = labels.shape[0] // (2 if use_cfg else 1)
-        codes = torch.zeros(batch, 0, dtype=torch.long, device=self.device)
+        if use_cache:
+            step_logits = CachedStepper(self, labels, steps[-1], compile)
+        else:
+            step_logits = RecomputeStepper(self, labels)
 
-        def step_logits(num_positions: int, scale: float) -> torch.Tensor:
-            prefix = torch.cat([codes, codes]) if use_cfg else codes
-            logits = self.model(input_ids=prefix, class_labels=labels).last_hidden_state[:, -num_positions:]
-            logits = self.lm_head(logits).float()
-            return apply_guidance(logits, scale) if use_cfg else logits
-
-        for _ in range(c):
-            token = sample_tokens(step_logits(1, guidance_scale)[:, -1], temperature, top_k, top_p, generator)
-            codes = torch.cat([codes, token[:, None]], dim=1)
-        for group in range(c // g, n // g):
-            scale = guidance_scale_for_group(guidance_scale, group, n // g, gradual_guidance)
-            tokens = sample_positions(step_logits(g, scale), temperature, top_k, top_p, generator)
-            codes = torch.cat([codes, tokens], dim=1)
+        g, c = self.config.group_size, self.config.causal_num
+        codes = torch.zeros(labels.shape[0] // (2 if use_cfg else 1), 0, dtype=torch.long, device=self.device)
+        for step, length in enumerate(steps):
+            logits = step_logits(codes, length - codes.shape[1])
+            if use_cfg:
+                scale = guidance_scale
+                if length > c:
+                    scale = guidance_scale_for_group(guidance_scale, length // g - 1, self.config.num_tokens // g, gradual_guidance)
+                logits = apply_guidance(logits, scale)
+            codes = torch.cat([codes, sample_positions(logits, temperature, top_k, top_p, generators)], dim=1)
+            if callback is not None:
+                callback(step, codes)
         return DetailFlowGenerationOutput(sequences=codes) if return_dict else codes
+
+    def _prefix_lengths(self, num_tokens: int | None) -> tuple[int, ...]:
+        lengths = prefix_lengths(self.config.num_tokens, self.config.group_size, self.config.causal_num)
+        if num_tokens is None:
+            return lengths
+        if num_tokens not in lengths:
+            raise ValueError(f"num_tokens={num_tokens!r} is not a valid prefix length; expected one of {list(lengths)}.")
+        return lengths[: lengths.index(num_tokens) + 1]
+
+    def forward_chunk(self, inputs_embeds: torch.Tensor, position_ids: torch.LongTensor, cache: Cache) -> torch.Tensor:
+        """One cached decoding step: `(batch, q, hidden)` new sequence entries at `position_ids` `(1, q)`
+        -> float logits `(batch, q, vocab)`; extends `cache` in place."""
+        hidden = self.model(inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache).last_hidden_state
+        return self.lm_head(hidden).float()
+
+
+def _check_generators(generator, batch_size: int):
+    if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
+        raise ValueError(f"got {len(generator)} generators for {batch_size} class labels; pass one per image or a single one.")
+    return generator
+
+
+class RecomputeStepper:
+    """Reference step: run the whole prefix again and keep the last `new` logits (as the original)."""
+
+    def __init__(self, model: DetailFlowForImageGeneration, labels: torch.LongTensor):
+        self.model, self.labels = model, labels
+
+    def __call__(self, codes: torch.LongTensor, new: int) -> torch.Tensor:
+        prefix = codes.repeat(self.labels.shape[0] // codes.shape[0], 1)
+        hidden = self.model.model(input_ids=prefix, class_labels=self.labels).last_hidden_state[:, -new:]
+        return self.model.lm_head(hidden).float()
+
+
+class CachedStepper:
+    """Fast step: feed only the new part of the sequence against a KV cache.
+
+    Chunks: the class token; then each new code of the causal prefix; then `x_{c-1}` with the
+    `g - 1` special tokens; then each finished group. Each chunk yields exactly the logits of the
+    next tokens, so the schedule needs no slicing.
+    """
+
+    def __init__(self, model: DetailFlowForImageGeneration, labels: torch.LongTensor, num_tokens: int, compile: bool):
+        self.model, self.labels = model, labels
+        self.position = 0
+        if compile:
+            self.cache, self.forward = compiled_decoding(model, labels.shape[0], num_tokens)
+            self.cache.reset()
+        else:
+            self.cache, self.forward = DynamicCache(config=model.config), model.forward_chunk
+
+    def __call__(self, codes: torch.LongTensor, new: int) -> torch.Tensor:
+        embeds = self.next_chunk(codes)
+        positions = torch.arange(self.position, self.position + embeds.shape[1], device=embeds.device)[None]
+        self.position += embeds.shape[1]
+        return self.forward(embeds, positions, self.cache)
+
+    def next_chunk(self, codes: torch.LongTensor) -> torch.Tensor:
+        base, c, g = self.model.model, self.model.config.causal_num, self.model.config.group_size
+        length, repeats = codes.shape[1], self.labels.shape[0] // codes.shape[0]
+        if length == 0:
+            return base.class_embedding(self.labels)[:, None]
+        chunk = base.embed_tokens(codes[:, -1:] if length <= c else codes[:, -g:]).repeat(repeats, 1, 1)
+        if length == c:
+            special = base.special_embeddings.weight[None].expand(chunk.shape[0], -1, -1)
+            chunk = torch.cat([chunk, special.to(chunk.dtype)], dim=1)
+        return chunk
+
+
+def compiled_decoding(model: DetailFlowForImageGeneration, batch_size: int, num_tokens: int):
+    """A static cache and a compiled `forward_chunk` for this (batch, length, device, dtype), made once.
+
+    Only two chunk shapes occur (1 and `group_size` entries), so each key compiles two graphs and a
+    long run never recompiles. CUDA gets CUDA graphs (`reduce-overhead`); other devices plain inductor.
+    """
+    key = (batch_size, num_tokens, model.device, model.dtype)
+    store = model.__dict__.setdefault("_compiled_decoding", {})
+    if key not in store:
+        # Stopping after k tokens feeds exactly k entries: the class token, k - g codes, g - 1 specials.
+        cache = StaticCache(config=model.config, max_cache_len=num_tokens)
+        mode = "reduce-overhead" if model.device.type == "cuda" else None
+        store[key] = (cache, torch.compile(model.forward_chunk, dynamic=False, mode=mode))
+    return store[key]
 
 
 __all__ = [

@@ -51,13 +51,18 @@ def sample_tokens(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.LongTensor:
-    """Sample one id per row of `(batch, vocab)` logits (temperature, then top-k/top-p, then multinomial)."""
+    """Sample one id per row of `(batch, vocab)` logits (temperature, then top-k/top-p, then multinomial).
+
+    `generator` may be a list with one generator per row: each row then draws from its own stream.
+    """
     logits = logits / max(temperature, 1e-5)
     if top_k > 0 or top_p < 1.0:
         logits = filter_logits(logits, top_k, top_p)
     probs = F.softmax(logits, dim=-1)
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.multinomial(row[None], 1, generator=gen)[0] for row, gen in zip(probs, generator)])
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
@@ -66,7 +71,7 @@ def sample_positions(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.LongTensor:
     """`(batch, positions, vocab)` -> `(batch, positions)`, one multinomial draw per position in order."""
     return torch.stack(

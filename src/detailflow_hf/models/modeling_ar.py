@@ -408,6 +408,7 @@ class CachedStepper:
     def __init__(self, model: DetailFlowForImageGeneration, labels: torch.LongTensor, num_tokens: int, compile: bool):
         self.model, self.labels = model, labels
         self.position = 0
+        self.graphed = compile and model.device.type == "cuda"
         if compile:
             self.cache, self.forward = compiled_decoding(model, labels.shape[0], num_tokens)
             self.cache.reset()
@@ -418,6 +419,8 @@ class CachedStepper:
         embeds = self.next_chunk(codes)
         positions = torch.arange(self.position, self.position + embeds.shape[1], device=embeds.device)[None]
         self.position += embeds.shape[1]
+        if self.graphed:
+            torch.compiler.cudagraph_mark_step_begin()
         return self.forward(embeds, positions, self.cache)
 
     def next_chunk(self, codes: torch.LongTensor) -> torch.Tensor:
@@ -443,6 +446,9 @@ def compiled_decoding(model: DetailFlowForImageGeneration, batch_size: int, num_
     if key not in store:
         # Stopping after k tokens feeds exactly k entries: the class token, k - g codes, g - 1 specials.
         cache = StaticCache(config=model.config, max_cache_len=num_tokens)
+        # Allocated outside the compiled region so that its buffers get static addresses (CUDA graphs).
+        config = model.config
+        cache.early_initialization(batch_size, config.num_key_value_heads, config.head_dim, model.dtype, model.device)
         mode = "reduce-overhead" if model.device.type == "cuda" else None
         store[key] = (cache, torch.compile(model.forward_chunk, dynamic=False, mode=mode))
     return store[key]

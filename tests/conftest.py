@@ -57,3 +57,20 @@ def pipe(converted_dir):
     from detailflow_hf import DetailFlowPipeline
 
     return DetailFlowPipeline.from_pretrained(converted_dir)
+
+
+@pytest.fixture(scope="session")
+def imagenet_pipe():
+    """A tiny random pipeline with 1000 classes (so the ImageNet names apply) and a 2-step causal prefix."""
+    from detailflow_hf import DetailFlowARConfig, DetailFlowForImageGeneration, DetailFlowPipeline, DetailFlowTokenizer
+
+    torch.manual_seed(0)
+    spec = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1, num_patches=16,
+                patch_size=8, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+    vqvae = DetailFlowTokenizer(image_size=32, num_latent_tokens=16, group_size=4, codebook_size=64,
+                                codebook_embed_dim=4, encoder_config=spec, decoder_config=spec)
+    config = DetailFlowARConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64,
+                                num_tokens=16, group_size=4, num_classes=1000)
+    transformer = DetailFlowForImageGeneration(config)
+    torch.nn.init.normal_(transformer.lm_head.weight, std=0.5)  # zero init would make every draw uniform
+    return DetailFlowPipeline(vqvae=vqvae.eval(), transformer=transformer.eval())

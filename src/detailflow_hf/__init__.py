@@ -1,5 +1,7 @@
 """DetailFlow coarse-to-fine autoregressive image generation for the Hugging Face ecosystem."""
 
+from pathlib import Path
+
 from transformers import AutoConfig, AutoModel
 
 from .models.configuration_ar import DetailFlowARConfig
@@ -13,7 +15,12 @@ AutoModel.register(DetailFlowARConfig, DetailFlowForImageGeneration, exist_ok=Tr
 
 __version__ = "0.1.0"
 
+_EMBEDDED = Path(__file__).resolve().parent / "default_model"
+# A pipeline folder shipped inside the package (None until one is embedded).
+DEFAULT_MODEL: str | None = str(_EMBEDDED) if (_EMBEDDED / "model_index.json").is_file() else None
+
 __all__ = [
+    "DEFAULT_MODEL",
     "DetailFlowARConfig",
     "DetailFlowARModel",
     "DetailFlowEncoderOutput",

@@ -9,11 +9,13 @@ the `gpt_model` preset of `config.yaml` is only a cross-check.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import pickle
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -374,3 +376,43 @@ def convert_release(
     if output_dir is not None:
         pipe.save_pretrained(output_dir)
     return pipe
+
+
+def converted_release_dir(
+    tokenizer_source: str | os.PathLike,
+    generator_source: str | os.PathLike,
+    *,
+    tokenizer_architecture: dict | None = None,
+    use_ema: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    force: bool = False,
+) -> Path:
+    """Convert a release once into a cache folder and return it; later calls with the same sources
+    (same Hub commits, or the same local checkpoint files) reuse it. Written atomically: a folder
+    from an interrupted conversion is never used."""
+    from huggingface_hub import constants
+
+    from .. import __version__
+
+    roots = [resolve_source(tokenizer_source), resolve_source(generator_source)]
+    checkpoints = [find_checkpoint(root) for root in roots]
+    fingerprint = {
+        "sources": [str(root.resolve()) for root in roots],
+        "checkpoints": [[str(c.resolve()), c.stat().st_size, c.stat().st_mtime_ns] for c in checkpoints],
+        "architecture": tokenizer_architecture,
+        "use_ema": use_ema,
+        "version": __version__,
+    }
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    base = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE) / "detailflow_hf" / "converted"
+    target = base / key
+    if (target / "model_index.json").is_file() and not force:
+        return target
+    staging = base / f".{key}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    convert_release(roots[0], roots[1], staging, tokenizer_architecture=tokenizer_architecture, use_ema=use_ema)
+    (staging / "conversion.json").write_text(json.dumps(fingerprint, indent=1))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    return target

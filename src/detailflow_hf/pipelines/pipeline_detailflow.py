@@ -1,67 +1,271 @@
-"""DetailFlowPipeline: class labels -> generator token ids -> tokenizer decode -> images."""
+"""DetailFlowPipeline: class labels -> generator token ids -> tokenizer decode -> images, coarse to fine."""
 
 from __future__ import annotations
 
-import torch
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+import importlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
-from ..models.modeling_ar import DetailFlowForImageGeneration
-from ..models.tokenizer import DetailFlowTokenizer
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from .labels import ClassLabels, imagenet_id2label
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class DetailFlowPipelineOutput(BaseOutput):
+    """Output of [`DetailFlowPipeline`].
+
+    Args:
+        images: PIL images, a `(batch, H, W, 3)` array (`"np"`) or a `(batch, 3, H, W)` tensor (`"pt"`), in [0, 1].
+        intermediates: with `return_intermediates=True`, one entry per decoding step (each trained
+            prefix length), in the same `output_type`, resolutions growing; the last is `images`.
+        token_ids: `(batch, num_tokens)` generated ids.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    intermediates: list | None = None
+    token_ids: torch.LongTensor | None = None
 
 
 class DetailFlowPipeline(DiffusionPipeline):
-    r"""Class-conditional coarse-to-fine image generation with DetailFlow.
+    r"""Class-conditional coarse-to-fine image generation with DetailFlow (arXiv 2505.21473).
 
     Components:
-        vqvae ([`DetailFlowTokenizer`]): decodes token prefixes to images.
-        transformer ([`DetailFlowForImageGeneration`]): predicts the token ids.
+        vqvae ([`DetailFlowTokenizer`]): decodes any token prefix to the resolution it maps to.
+        transformer ([`DetailFlowForImageGeneration`]): predicts the token ids, one group at a time.
+        id2label (`dict[int, str]`, *optional*): class names (comma-separated synonyms per id); default:
+            the generator config's `id2label` when it names every class, else ImageNet-1k for 1000
+            classes, else ids only.
     """
 
     model_cpu_offload_seq = "transformer->vqvae"
+    _callback_tensor_inputs = ["tokens"]
 
-    def __init__(self, vqvae: DetailFlowTokenizer, transformer: DetailFlowForImageGeneration):
+    def __init__(self, vqvae, transformer, id2label: dict[int, str] | None = None):
         super().__init__()
         self.register_modules(vqvae=vqvae, transformer=transformer)
+        if id2label is not None:
+            id2label = {int(k): v for k, v in id2label.items()}
+        self.register_to_config(id2label=id2label)
+        self.labels = ClassLabels(self._default_id2label(id2label), num_classes=transformer.config.num_classes)
+
+    def _default_id2label(self, id2label):
+        if id2label is not None:
+            return id2label
+        num_classes = self.transformer.config.num_classes
+        model_labels = getattr(self.transformer.config, "id2label", None) or {}
+        if len(model_labels) == num_classes and not all(v == f"LABEL_{k}" for k, v in model_labels.items()):
+            return model_labels
+        return imagenet_id2label() if num_classes == 1000 else {}
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return self.labels.id2label
+
+    def get_label_ids(self, label: int | str | list[int | str]) -> list[int]:
+        """Map class names (any synonym, case-insensitive) or ids to ids; raises naming unknown ones."""
+        return self.labels.to_ids(label)
+
+    # -- loading --------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """Load a pipeline folder or Hub repo: the native layout, or one exported with its own code
+        (`detailflow_hf.hub.save_with_code`), which loads here with this package's classes, no remote code."""
+        folder = Path(pretrained_model_name_or_path)
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            folder = Path(
+                snapshot_download(
+                    str(pretrained_model_name_or_path),
+                    revision=kwargs.pop("revision", None),
+                    cache_dir=kwargs.pop("cache_dir", None),
+                    token=kwargs.pop("token", None),
+                    local_files_only=kwargs.pop("local_files_only", False),
+                )
+            )
+        index = folder / "model_index.json"
+        if index.is_file() and isinstance(json.loads(index.read_text()).get("_class_name"), list):
+            return cls._from_code_export(folder, **kwargs)
+        return super().from_pretrained(folder, **kwargs)
+
+    @classmethod
+    def _from_code_export(cls, folder: Path, **kwargs):
+        # Imported by name so that the copy of this file shipped in exported repos has no package imports.
+        models = importlib.import_module("detailflow_hf.models")
+        DetailFlowTokenizer, DetailFlowForImageGeneration = models.DetailFlowTokenizer, models.DetailFlowForImageGeneration
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+        vqvae = kwargs.pop("vqvae", None) or DetailFlowTokenizer.from_pretrained(folder, subfolder="vqvae", torch_dtype=dtype)
+        transformer = kwargs.pop("transformer", None) or DetailFlowForImageGeneration.from_pretrained(folder / "transformer", dtype=dtype)
+        id2label = json.loads((folder / "model_index.json").read_text()).get("id2label")
+        return cls(vqvae=vqvae.eval(), transformer=transformer.eval(), id2label=id2label)
+
+    @classmethod
+    def from_original(
+        cls,
+        tokenizer_repo_or_dir: str | os.PathLike,
+        generator_repo_or_dir: str | os.PathLike,
+        *,
+        tokenizer_architecture: dict | None = None,
+        use_ema: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+        force_conversion: bool = False,
+        **kwargs,
+    ) -> "DetailFlowPipeline":
+        """Load the original release (Hub repo ids such as `ByteFlow-AI/DetailFlow-16` and
+        `ByteFlow-AI/DetailFlow-16-GPT-L`, or local release folders), converted once and cached.
+
+        The conversion lands in `cache_dir` (default: `<HF_HUB_CACHE>/detailflow_hf/converted/<key>`),
+        keyed by the resolved sources, so later calls load the cached folder directly.
+        """
+        converted_release_dir = importlib.import_module("detailflow_hf.conversion.original").converted_release_dir
+        folder = converted_release_dir(
+            tokenizer_repo_or_dir,
+            generator_repo_or_dir,
+            tokenizer_architecture=tokenizer_architecture,
+            use_ema=use_ema,
+            cache_dir=cache_dir,
+            force=force_conversion,
+        )
+        return cls.from_pretrained(folder, **kwargs)
+
+    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None, token=None,
+                    create_pr: bool = False, include_code: bool = True, api=None, **kwargs):
+        """Upload to the Hub with a generated model card and, by default, the code that lets stock
+        diffusers load the repo (`trust_remote_code=True`). `api`: an `HfApi`-like uploader."""
+        try:
+            hub = importlib.import_module("detailflow_hf.hub")
+        except ImportError:  # this file as shipped inside an exported repo
+            return super().push_to_hub(repo_id, commit_message=commit_message, private=private, token=token, create_pr=create_pr, **kwargs)
+        if api is None and token is not None:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=token)
+        return hub.push_pipeline(
+            self, repo_id, api=api, include_code=include_code, private=private, create_pr=create_pr,
+            commit_message=commit_message or "Upload DetailFlow pipeline",
+        )
+
+    # -- generation -----------------------------------------------------------------------------------
+    def prefix_lengths(self, num_tokens: int | None = None) -> list[int]:
+        """Token counts after each decoding step, up to `num_tokens` (default: all)."""
+        schedule = self.vqvae.schedule
+        if num_tokens is None:
+            return list(schedule.token_list)
+        schedule.check_prefix(num_tokens)
+        return [t for t in schedule.token_list if t <= num_tokens]
+
+    def check_inputs(
+        self, class_ids, guidance_scale, num_tokens, num_images_per_prompt, generator, output_type, callback_on_step_end_tensor_inputs
+    ):
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r} is not supported; expected one of {list(OUTPUT_TYPES)}.")
+        if not guidance_scale >= 1.0:
+            raise ValueError(f"guidance_scale={guidance_scale} is not supported; expected a value >= 1 (1 disables CFG).")
+        if num_tokens is not None:
+            self.vqvae.schedule.check_prefix(num_tokens)
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} must be an integer >= 1.")
+        batch = len(class_ids) * num_images_per_prompt
+        if isinstance(generator, (list, tuple)) and len(generator) != batch:
+            raise ValueError(
+                f"got {len(generator)} generators for {batch} images ({len(class_ids)} labels x "
+                f"{num_images_per_prompt} per label); pass one per image or a single one."
+            )
+        unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not in {self._callback_tensor_inputs}.")
 
     @torch.no_grad()
     def __call__(
         self,
-        class_labels: int | list[int],
+        class_labels: int | str | list[int | str],
         guidance_scale: float = 1.5,
+        num_tokens: int | None = None,
         gradual_guidance: bool = False,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        generator: torch.Generator | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-    ) -> ImagePipelineOutput | tuple:
-        """Generate one image per class id.
+        callback_on_step_end: Callable[..., Any] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        return_intermediates: bool = False,
+        compile: bool = False,
+    ) -> DetailFlowPipelineOutput | tuple:
+        r"""Generate images for class ids or names.
+
+        Args:
+            class_labels: ids or names (`"golden retriever"`), one or a list.
+            guidance_scale: classifier-free guidance `s` (>= 1; 1 disables it). The release evaluates
+                DetailFlow-16/-32/-64 at 1.45/1.5/1.32.
+            num_tokens: detail level: any trained prefix length (`pipe.prefix_lengths()`); the image
+                comes out at the resolution that length maps to. Default: all tokens, full size.
+            gradual_guidance: lower the guidance linearly over the parallel groups, as the original option.
+            temperature, top_k, top_p: sampling (`top_k=1` is greedy).
+            num_images_per_prompt: images per label.
+            generator: a `torch.Generator`, or one per image (then each image is independent of the batch).
+            output_type: `"pil"`, `"np"` or `"pt"`.
+            callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)` after every decoding step,
+                with `callback_kwargs["tokens"]` the ids so far `(batch, k)`; `timestep` is the token count
+                `k`. Its return value is not fed back (tokens already in the cache cannot change).
+            return_intermediates: also return the image decoded after every step (coarse to fine).
+            compile: decode with a static cache and a compiled step (worth it for many batches / on GPU).
 
         Returns:
-            `ImagePipelineOutput` whose `images` are PIL images, a `(batch, H, W, 3)` numpy array
-            (`"np"`) or a `(batch, 3, H, W)` tensor (`"pt"`), all in [0, 1].
+            [`DetailFlowPipelineOutput`] (or a tuple `(images,)`, plus the intermediates when asked).
         """
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type={output_type!r} is not supported; expected 'pil', 'np' or 'pt'.")
-        if isinstance(class_labels, int):
-            class_labels = [class_labels]
-        token_ids = self.transformer.generate(
-            class_labels,
-            guidance_scale=guidance_scale,
-            gradual_guidance=gradual_guidance,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            generator=generator,
+        class_ids = self.get_label_ids(class_labels)
+        self.check_inputs(
+            class_ids, guidance_scale, num_tokens, num_images_per_prompt, generator, output_type, callback_on_step_end_tensor_inputs
         )
-        sample = self.vqvae.decode(token_ids.to(self.vqvae.device)).sample
-        images = (sample / 2 + 0.5).clamp(0, 1)
-        if output_type != "pt":
-            images = images.permute(0, 2, 3, 1).float().cpu().numpy()
-            if output_type == "pil":
-                images = self.numpy_to_pil(images)
+        class_ids = [class_id for class_id in class_ids for _ in range(num_images_per_prompt)]
+        steps = self.prefix_lengths(num_tokens)
+        with self.progress_bar(total=len(steps)) as progress:
+
+            def on_step(step: int, tokens: torch.LongTensor):
+                if callback_on_step_end is not None:
+                    callback_on_step_end(self, step, tokens.shape[1], {"tokens": tokens})
+                progress.update()
+
+            token_ids = self.transformer.generate(
+                torch.tensor(class_ids, device=self.transformer.device),
+                guidance_scale=guidance_scale,
+                gradual_guidance=gradual_guidance,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+                num_tokens=steps[-1],
+                callback=on_step,
+                compile=compile,
+            )
+        token_ids = token_ids.to(self.vqvae.device)
+        images = self.decode(token_ids, output_type=output_type)
+        intermediates = None
+        if return_intermediates:
+            intermediates = [self.decode(token_ids[:, :k], output_type=output_type) for k in steps[:-1]] + [images]
         self.maybe_free_model_hooks()
         if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+            return (images, intermediates) if return_intermediates else (images,)
+        return DetailFlowPipelineOutput(images=images, intermediates=intermediates, token_ids=token_ids)
+
+    def decode(self, token_ids: torch.LongTensor, output_type: str = "pil"):
+        """Decode `(batch, k)` ids at the resolution `k` maps to; images in [0, 1] as `output_type`."""
+        sample = self.vqvae.decode(token_ids).sample
+        images = (sample.float() / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return images
+        images = images.permute(0, 2, 3, 1).cpu().numpy()
+        return self.numpy_to_pil(images) if output_type == "pil" else images

@@ -1,0 +1,357 @@
+"""Streamed training data: `datasets` image streams, the original's crop/flip augmentation, and a
+checkpointable shuffle buffer so that a resumed run reads exactly the examples an uninterrupted
+one would.
+
+    load_image_stream (datasets IterableDataset, undecoded images)
+      -> split_dataset_by_node(rank, world)
+      -> ShuffledStream: seeded shuffle buffer + per-example transform (decode, crop, flip, [-1, 1])
+      -> {"pixel_values": (3, H, W) float32 in [-1, 1], "label": int64}
+
+`datasets`' own `IterableDataset.shuffle` loses its buffer on `load_state_dict` (documented), so the
+buffer lives in `ShuffledStream`, whose `state_dict()` holds the source position, the buffered
+(still undecoded) rows and the random generator: a `torchdata` `StatefulDataLoader` (accelerate's
+`use_stateful_dataloader=True`) checkpoints it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATASET = "ILSVRC/imagenet-1k"
+IMAGE_COLUMNS = ("image", "img", "jpg", "png", "webp")
+LABEL_COLUMNS = ("label", "labels", "cls", "class")
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def load_image_stream(
+    dataset_name: str | None = None,
+    train_data_dir: str | None = None,
+    split: str = "train",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    streaming: bool = True,
+):
+    """Load an image classification dataset with columns renamed to `image` (undecoded) and `label`.
+
+    Args:
+        dataset_name: a Hub dataset id (default `ILSVRC/imagenet-1k`) or a local builder/path.
+        train_data_dir: a local folder instead: `*.parquet` files are read with the `parquet`
+            builder, anything else as an `imagefolder` (class = sub-folder name).
+        image_column / label_column: source column names; found among common names if omitted.
+
+    Returns:
+        a `datasets.IterableDataset` (`Dataset` with `streaming=False`) whose `image` column is
+        `Image(decode=False)` (`{"bytes", "path"}`), so a corrupt file fails in our transform, where it
+        is skipped and counted, not inside `datasets`.
+    """
+    from datasets import Image as ImageFeature
+    from datasets import load_dataset
+
+    if dataset_name and train_data_dir:
+        raise ValueError(f"give --dataset_name ({dataset_name!r}) or --train_data_dir ({train_data_dir!r}), not both.")
+    if train_data_dir:
+        folder = Path(train_data_dir)
+        if not folder.is_dir():
+            raise ValueError(f"--train_data_dir {train_data_dir!r} is not a directory.")
+        parquet = sorted(str(p) for p in folder.rglob("*.parquet"))
+        if parquet:
+            ds = load_dataset("parquet", data_files={split: parquet}, split=split, streaming=streaming)
+        else:
+            ds = load_dataset("imagefolder", data_dir=str(folder), split=split, streaming=streaming)
+    else:
+        ds = load_dataset(dataset_name or DEFAULT_DATASET, split=split, streaming=streaming)
+    ds = _rename(ds, image_column, IMAGE_COLUMNS, "image")
+    ds = _rename(ds, label_column, LABEL_COLUMNS, "label")
+    return ds.cast_column("image", ImageFeature(decode=False))
+
+
+def _rename(ds, given: str | None, candidates: tuple[str, ...], target: str):
+    columns = list(ds.features or {}) or list(ds.column_names or [])
+    name = given or next((c for c in candidates if c in columns), None)
+    if name is None or name not in columns:
+        raise ValueError(
+            f"no {target} column: {'--' + target + '_column ' + repr(given) if given else 'none of ' + str(candidates)} "
+            f"in the dataset's columns {columns}."
+        )
+    return ds if name == target else ds.rename_column(name, target)
+
+
+def class_names(dataset) -> list[str] | None:
+    """Label names of a dataset's `label` column (a `ClassLabel`), for a generator's `id2label`;
+    `None` when the column carries bare integers."""
+    from datasets import ClassLabel
+
+    feature = (dataset.features or {}).get("label")
+    return list(feature.names) if isinstance(feature, ClassLabel) else None
+
+
+# -- augmentation (SPEC 6.1.1, 6.2: ADM's crops, BOX halving then BICUBIC) -------------------------
+def _halve_while_large(image: Image.Image, short_side: int) -> Image.Image:
+    while min(image.size) >= 2 * short_side:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
+    return image
+
+
+def _resize_short_side(image: Image.Image, short_side: int) -> Image.Image:
+    image = _halve_while_large(image, short_side)
+    scale = short_side / min(image.size)
+    return image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+
+
+def center_crop_arr(image: Image.Image, size: int) -> Image.Image:
+    """Short side to `size` (BOX halving, then BICUBIC), centre `size x size` crop."""
+    arr = np.asarray(_resize_short_side(image, size))
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return Image.fromarray(arr[top : top + size, left : left + size])
+
+
+def random_crop_arr(
+    image: Image.Image, size: int, rng: np.random.Generator, min_scale: float = 1.0, max_scale: float = 1.25
+) -> Image.Image:
+    """Short side to a random integer in `[ceil(size*min_scale), ceil(size*max_scale)]` (256..320 for
+    256, as the original's crop fractions 0.8..1), then a random `size x size` crop."""
+    low, high = math.ceil(size * min_scale), math.ceil(size * max_scale)
+    if low < size or high < low:
+        raise ValueError(f"need size <= ceil(size*min_scale) <= ceil(size*max_scale), got {size}, {low}, {high}.")
+    arr = np.asarray(_resize_short_side(image, int(rng.integers(low, high + 1))))
+    top = int(rng.integers(0, arr.shape[0] - size + 1))
+    left = int(rng.integers(0, arr.shape[1] - size + 1))
+    return Image.fromarray(arr[top : top + size, left : left + size])
+
+
+def ten_crop(image: Image.Image, size: int) -> list[Image.Image]:
+    """Four corners and the centre of `image`, then the same five of its mirror image (10 crops)."""
+    crops = []
+    for view in (image, image.transpose(Image.FLIP_LEFT_RIGHT)):
+        w, h = view.size
+        corners = [(0, 0), (w - size, 0), (0, h - size), (w - size, h - size)]
+        corners.append(((w - size) // 2, (h - size) // 2))
+        crops += [view.crop((x, y, x + size, y + size)) for x, y in corners]
+    return crops
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL -> (3, H, W) float32 in [-1, 1], as `ToTensor` + `Normalize(0.5, 0.5)`."""
+    arr = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
+    return (arr.float() / 255 - 0.5) / 0.5
+
+
+@dataclass
+class ImageTransform:
+    """Training augmentation: random (or centre) crop to `size`, optional horizontal flip, [-1, 1]."""
+
+    size: int
+    random_crop: bool = True
+    hflip: bool = True
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+        image = image.convert("RGB")
+        image = random_crop_arr(image, self.size, rng) if self.random_crop else center_crop_arr(image, self.size)
+        if self.hflip and rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        return to_tensor(image)
+
+
+def open_image(value) -> Image.Image:
+    """A `datasets` undecoded image (`{"bytes", "path"}`), a path, or PIL -> a loaded PIL image."""
+    if isinstance(value, Image.Image):
+        return value
+    data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (None, value)
+    image = Image.open(io.BytesIO(data) if data is not None else path)
+    image.load()
+    return image
+
+
+def image_name(row: dict) -> str:
+    """How a warning names a row: its file path when known, and its position in this process's stream."""
+    value = row.get("image")
+    path = value.get("path") if isinstance(value, dict) else None
+    where = f"row {row.get('_row', '?')} of this process's stream"
+    return f"{path!r} ({where})" if path else where
+
+
+# -- the checkpointable stream ----------------------------------------------------------------------
+@dataclass
+class SkipCounter:
+    """Rows dropped because their image could not be decoded; the last one is named."""
+
+    count: int = 0
+    last: str | None = None
+
+    def record(self, name: str, error: Exception):
+        self.count += 1
+        self.last = name
+        logger.warning("skipped undecodable image %s: %s (%d skipped so far)", name, error, self.count)
+
+
+class ShuffledStream(torch.utils.data.IterableDataset):
+    """A seeded shuffle buffer over a `datasets` stream, then `transform(row, rng) -> dict | None`.
+
+    Loops over the source forever (`set_epoch(e)` at each pass). `transform` returning `None`
+    drops the row. `state_dict()` holds everything needed to continue exactly: the source's own
+    state, the buffered rows, the generator state, the epoch and the counters.
+
+    Args:
+        source: a `datasets.IterableDataset` (already split per rank).
+        transform: `(row, rng) -> example dict or None`; may raise one of `DECODE_ERRORS` for a bad
+            image, which is counted in `skipped` and named in a warning.
+        buffer_size: rows held for shuffling (`<= 1`: no shuffling).
+        seed: seeds the generator (per data-loader worker: `seed + worker_id`).
+    """
+
+    def __init__(self, source, transform: Callable, buffer_size: int, seed: int):
+        super().__init__()
+        self.source, self.transform = source, transform
+        self.buffer_size, self.seed = buffer_size, seed
+        self.skipped = SkipCounter()
+        self._reset()
+
+    def _reset(self):
+        self.epoch, self.rows_read, self.buffer, self._rng_state = 0, 0, [], None
+
+    def _rng(self) -> np.random.Generator:
+        worker = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng(self.seed + (worker.id if worker else 0))
+        if self._rng_state is not None:
+            rng.bit_generator.state = self._rng_state
+        return rng
+
+    def __iter__(self):
+        rng = self._rng()
+        while True:
+            self.source.set_epoch(self.epoch)
+            for row in self.source:
+                self.buffer.append({**row, "_row": self.rows_read})
+                self.rows_read += 1
+                if len(self.buffer) >= max(self.buffer_size, 1):
+                    example = self._emit(rng)
+                    if example is not None:
+                        yield example
+            while self.buffer:
+                example = self._emit(rng)
+                if example is not None:
+                    yield example
+            if self.rows_read == 0:
+                raise ValueError("the training stream is empty (no rows for this process).")
+            self.epoch += 1
+
+    def _emit(self, rng: np.random.Generator) -> dict | None:
+        """Pop a random buffered row and transform it; keep the generator state in step."""
+        index = int(rng.integers(len(self.buffer))) if len(self.buffer) > 1 else 0
+        row = self.buffer[index]
+        self.buffer[index] = self.buffer[-1]
+        self.buffer.pop()
+        try:
+            example = self.transform(row, rng)
+        except DECODE_ERRORS as error:
+            self.skipped.record(image_name(row), error)
+            example = None
+        self._rng_state = rng.bit_generator.state
+        return example
+
+    def state_dict(self) -> dict:
+        return {
+            "source": self.source.state_dict(),
+            "buffer": list(self.buffer),
+            "rng": self._rng_state,
+            "epoch": self.epoch,
+            "rows_read": self.rows_read,
+            "skipped": self.skipped.count,
+        }
+
+    def load_state_dict(self, state: dict):
+        self.source.load_state_dict(state["source"])
+        self.buffer = list(state["buffer"])
+        self._rng_state = state["rng"]
+        self.epoch, self.rows_read = state["epoch"], state["rows_read"]
+        self.skipped.count = state["skipped"]
+
+
+def make_loader(stream: ShuffledStream, batch_size: int, num_workers: int = 0):
+    """A `torchdata` `StatefulDataLoader` over this process's stream. Keep it out of
+    `accelerator.prepare` and checkpoint it per process (`save_checkpoint(..., per_process=[loader])`):
+    the stream is already split per rank, and accelerate writes one shared loader state for all ranks."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    return StatefulDataLoader(stream, batch_size=batch_size, num_workers=num_workers, drop_last=True)
+
+
+def _rank_and_world(accelerator) -> tuple[int, int]:
+    return (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+
+
+def split_for_process(ds, accelerator=None):
+    """This process's part of a stream (`split_dataset_by_node`: whole shards when the shard count
+    divides evenly, else every `world`-th row)."""
+    from datasets.distributed import split_dataset_by_node
+
+    rank, world = _rank_and_world(accelerator)
+    return ds if world == 1 else split_dataset_by_node(ds, rank=rank, world_size=world)
+
+
+def image_example_transform(transform: ImageTransform) -> Callable:
+    """`(row, rng) -> {"pixel_values", "label"}` for `ShuffledStream` (decode errors propagate)."""
+
+    def apply(row: dict, rng: np.random.Generator) -> dict:
+        pixels = transform(open_image(row["image"]), rng)
+        return {"pixel_values": pixels, "label": torch.tensor(int(row["label"]))}
+
+    return apply
+
+
+def build_train_stream(
+    *,
+    resolution: int,
+    seed: int,
+    accelerator=None,
+    dataset_name: str | None = None,
+    train_data_dir: str | None = None,
+    split: str = "train",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    random_crop: bool = True,
+    hflip: bool = True,
+    shuffle_buffer_size: int = 1000,
+) -> ShuffledStream:
+    """The training image stream of this process: load, split per rank (a partition of the rows),
+    shuffle (seeded per rank), decode + augment; bad images are skipped and counted.
+
+    Yields `{"pixel_values": (3, resolution, resolution) float32 in [-1, 1], "label": int64 ()}`.
+    """
+    ds = load_image_stream(dataset_name, train_data_dir, split, image_column, label_column, streaming=True)
+    ds = split_for_process(ds, accelerator)
+    transform = image_example_transform(ImageTransform(resolution, random_crop=random_crop, hflip=hflip))
+    rank, _ = _rank_and_world(accelerator)
+    return ShuffledStream(ds, transform, buffer_size=shuffle_buffer_size, seed=seed + 1000 * rank)
+
+
+__all__ = [
+    "DECODE_ERRORS",
+    "DEFAULT_DATASET",
+    "image_name",
+    "ImageTransform",
+    "ShuffledStream",
+    "SkipCounter",
+    "build_train_stream",
+    "center_crop_arr",
+    "class_names",
+    "load_image_stream",
+    "make_loader",
+    "open_image",
+    "random_crop_arr",
+    "split_for_process",
+    "ten_crop",
+    "to_tensor",
+]

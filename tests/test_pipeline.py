@@ -158,3 +158,16 @@ def test_from_original_converts_once_offline(fixture_dir, architecture, expected
 def test_model_cpu_offload(pipe):
     pipe.enable_model_cpu_offload()
     assert pipe(class_labels=[1], top_k=1, output_type="pt").images.shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("export", [False, True])
+def test_dtype_on_load(pipe, tmp_path, expected, export):
+    from detailflow_hf.hub import save_with_code
+
+    (save_with_code if export else type(pipe).save_pretrained)(pipe, tmp_path)
+    loaded = DetailFlowPipeline.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert loaded.vqvae.dtype == loaded.transformer.dtype == torch.bfloat16
+    out = loaded(class_labels=expected["ar.labels"], top_k=1, output_type="pt")
+    assert out.images.dtype == torch.float32 and out.images.shape == (3, 3, 64, 64)
+    # bf16 rounding may flip a few greedy choices, not most of them
+    assert (out.token_ids == expected["ar.greedy.cfg1.5"]).float().mean() > 0.5

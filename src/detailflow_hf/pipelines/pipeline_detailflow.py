@@ -104,7 +104,7 @@ class DetailFlowPipeline(DiffusionPipeline):
         models = importlib.import_module("detailflow_hf.models")
         DetailFlowTokenizer, DetailFlowForImageGeneration = models.DetailFlowTokenizer, models.DetailFlowForImageGeneration
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-        vqvae = kwargs.pop("vqvae", None) or DetailFlowTokenizer.from_pretrained(folder, subfolder="vqvae", torch_dtype=dtype)
+        vqvae = kwargs.pop("vqvae", None) or DetailFlowTokenizer.from_pretrained(folder, subfolder="vqvae", dtype=dtype)
         transformer = kwargs.pop("transformer", None) or DetailFlowForImageGeneration.from_pretrained(folder / "transformer", dtype=dtype)
         id2label = json.loads((folder / "model_index.json").read_text()).get("id2label")
         return cls(vqvae=vqvae.eval(), transformer=transformer.eval(), id2label=id2label)
@@ -261,6 +261,7 @@ class DetailFlowPipeline(DiffusionPipeline):
             return (images, intermediates) if return_intermediates else (images,)
         return DetailFlowPipelineOutput(images=images, intermediates=intermediates, token_ids=token_ids)
 
+    @torch.no_grad()
     def decode(self, token_ids: torch.LongTensor, output_type: str = "pil"):
         """Decode `(batch, k)` ids at the resolution `k` maps to; images in [0, 1] as `output_type`."""
         sample = self.vqvae.decode(token_ids).sample

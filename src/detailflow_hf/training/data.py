@@ -282,10 +282,14 @@ class ShuffledStream(torch.utils.data.IterableDataset):
 def make_loader(stream: ShuffledStream, batch_size: int, num_workers: int = 0):
     """A `torchdata` `StatefulDataLoader` over this process's stream. Keep it out of
     `accelerator.prepare` and checkpoint it per process (`save_checkpoint(..., per_process=[loader])`):
-    the stream is already split per rank, and accelerate writes one shared loader state for all ranks."""
+    the stream is already split per rank, and accelerate writes one shared loader state for all ranks.
+
+    The loader draws its per-iterator base seed from its own generator, not the global one: a resumed
+    run creates its iterator after the random states are restored, and must not shift them."""
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    return StatefulDataLoader(stream, batch_size=batch_size, num_workers=num_workers, drop_last=True)
+    generator = torch.Generator().manual_seed(stream.seed)
+    return StatefulDataLoader(stream, batch_size=batch_size, num_workers=num_workers, generator=generator)
 
 
 def _rank_and_world(accelerator) -> tuple[int, int]:

@@ -1,0 +1,249 @@
+"""Atomic training checkpoints (`accelerator.save_state` folders) and the generator's EMA.
+
+Layout: `output_dir/checkpoints/checkpoint-<step>/`, each holding accelerate's state files, one
+`process_<rank>_state.pt` per process (its data loader's position: accelerate's own
+`dl_state_dict.bin` is written by every rank to the same file, so per-rank streams keep theirs
+here), plus a `COMPLETE` marker (`{"step": step}`). A checkpoint is written into a hidden sibling
+`.checkpoint-<step>.partial/`, marked, then renamed into place, so a run killed mid-write leaves
+only a `.partial` folder, which is never listed, resumed from, or counted towards the limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+MARKER = "COMPLETE"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / CHECKPOINTS
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """A finished checkpoint folder: named `checkpoint-<step>` and carrying the marker."""
+    path = Path(path)
+    return bool(_NAME.match(path.name)) and (path / MARKER).is_file()
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under `output_dir/checkpoints`, oldest (lowest step) first."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and is_complete(p)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The complete checkpoint with the highest step, or `None`."""
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The global step stored in a complete checkpoint's marker."""
+    path = Path(path)
+    if not is_complete(path):
+        raise ValueError(f"{str(path)!r} is not a complete checkpoint (a checkpoint-<step> folder with a {MARKER} file).")
+    return int(json.loads((path / MARKER).read_text())["step"])
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None):
+    """Delete the oldest checkpoints so that one more fits in `total_limit`, and any leftover
+    `.partial` folders of killed runs. `None` keeps everything."""
+    root = checkpoint_dir(output_dir)
+    for partial in root.glob(".checkpoint-*.partial"):
+        shutil.rmtree(partial, ignore_errors=True)
+    if total_limit is None:
+        return
+    if total_limit < 1:
+        raise ValueError(f"checkpoints_total_limit={total_limit} must be >= 1 (or None for no limit).")
+    found = list_checkpoints(output_dir)
+    for old in found[: max(0, len(found) - (total_limit - 1))]:
+        logger.info("removing old checkpoint %s", old)
+        shutil.rmtree(old)
+
+
+def process_state_file(path: str | os.PathLike, process_index: int) -> Path:
+    return Path(path) / f"process_{process_index}_state.pt"
+
+
+def save_checkpoint(
+    accelerator,
+    output_dir: str | os.PathLike,
+    step: int,
+    total_limit: int | None = None,
+    per_process: Sequence = (),
+) -> Path:
+    """`accelerator.save_state` into `output_dir/checkpoints/checkpoint-<step>`, atomically.
+
+    Every process must call it (each saves its random states, and the `state_dict()` of each
+    object in `per_process`, e.g. its `StatefulDataLoader`); the main process prunes first, then
+    marks and renames. Returns the final path.
+    """
+    root = checkpoint_dir(output_dir)
+    final, partial = root / f"checkpoint-{step}", root / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        prune_checkpoints(output_dir, total_limit)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    if per_process:
+        torch.save([obj.state_dict() for obj in per_process], process_state_file(partial, accelerator.process_index))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / MARKER).write_text(json.dumps({"step": step}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        logger.info("saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_resume(output_dir: str | os.PathLike, resume_from_checkpoint: str | None) -> Path | None:
+    """`--resume_from_checkpoint`: `None` -> None; `"latest"` -> the newest complete checkpoint
+    (None, with a log line, if there is none yet); a path -> that checkpoint, which must be complete."""
+    if resume_from_checkpoint is None:
+        return None
+    if resume_from_checkpoint == "latest":
+        path = latest_checkpoint(output_dir)
+        if path is None:
+            logger.info("no checkpoint in %s yet: starting from scratch", checkpoint_dir(output_dir))
+        return path
+    path = Path(resume_from_checkpoint)
+    if not is_complete(path):
+        raise ValueError(
+            f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a complete checkpoint "
+            f"(a checkpoint-<step> folder with a {MARKER} file); use 'latest' or one of "
+            f"{[str(p) for p in list_checkpoints(output_dir)]}."
+        )
+    return path
+
+
+def load_checkpoint(accelerator, path: str | os.PathLike, per_process: Sequence = ()) -> int:
+    """Restore everything `save_checkpoint` stored (the `per_process` objects from this process's
+    file, in the same order); returns the global step."""
+    step = checkpoint_step(path)
+    accelerator.load_state(str(path))
+    if per_process:
+        file = process_state_file(path, accelerator.process_index)
+        if not file.is_file():
+            raise ValueError(
+                f"{str(path)!r} has no {file.name}: it was saved by a run with fewer processes or without "
+                "per-process state; resume with the same number of processes."
+            )
+        # our own file, written by save_checkpoint (plain Python state: dicts, lists, bytes, numpy rng states)
+        states = torch.load(file, map_location="cpu", weights_only=False)
+        for obj, state in zip(per_process, states, strict=True):
+            obj.load_state_dict(state)
+    logger.info("resumed from %s (step %d)", path, step)
+    return step
+
+
+class EMA:
+    """Exponential moving average of parameters with a constant decay, as the original's
+    `update_ema` (`ema = decay * ema + (1 - decay) * param`, initialised as a copy, updated every
+    step; diffusers' `EMAModel` instead warms its decay up). Checkpoint it with
+    `accelerator.register_for_checkpointing(ema)`.
+
+    Args:
+        parameters: the parameters to track (their order is the state's order).
+        decay: the constant decay (0.9999 in the original).
+    """
+
+    def __init__(self, parameters: Iterable[torch.nn.Parameter], decay: float = 0.9999):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay={decay} must be in [0, 1).")
+        self.decay = decay
+        self.shadow = [p.detach().clone().float() for p in parameters]
+        self._stored: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def step(self, parameters: Iterable[torch.nn.Parameter]):
+        for shadow, param in zip(self.shadow, parameters, strict=True):
+            shadow.lerp_(param.detach().to(shadow.device, torch.float32), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, parameters: Iterable[torch.nn.Parameter]):
+        for shadow, param in zip(self.shadow, parameters, strict=True):
+            param.copy_(shadow.to(param.device, param.dtype))
+
+    def store(self, parameters: Iterable[torch.nn.Parameter]):
+        self._stored = [p.detach().clone() for p in parameters]
+
+    @torch.no_grad()
+    def restore(self, parameters: Iterable[torch.nn.Parameter]):
+        if self._stored is None:
+            raise RuntimeError("EMA.restore() called without a matching store().")
+        for saved, param in zip(self._stored, parameters, strict=True):
+            param.copy_(saved)
+        self._stored = None
+
+    def to(self, device):
+        self.shadow = [s.to(device) for s in self.shadow]
+        return self
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": list(self.shadow)}
+
+    def load_state_dict(self, state: dict):
+        if len(state["shadow"]) != len(self.shadow):
+            raise ValueError(f"EMA state holds {len(state['shadow'])} tensors, this model has {len(self.shadow)}.")
+        self.decay = state["decay"]
+        self.shadow = [s.to(t.device, t.dtype) for s, t in zip(state["shadow"], self.shadow, strict=True)]
+
+
+def export_with_ema(ema: EMA, model: torch.nn.Module, save: Callable[[], None]):
+    """Run `save()` (e.g. a pipeline's `save_pretrained`) with the EMA weights swapped into `model`,
+    then put the training weights back: store -> copy_to -> save -> restore."""
+    params = list(model.parameters())
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        save()
+    finally:
+        ema.restore(params)
+
+
+EXPORT_IGNORE = ["checkpoints/*", "logs/*", "samples/*", "data_stats/*", ".*"]
+
+
+def push_export(output_dir: str | os.PathLike, repo_id: str, api=None, commit_message: str = "Upload trained model"):
+    """Upload an export folder (without checkpoints, logs and samples) to the Hub repo `repo_id`.
+    `api` is a `huggingface_hub.HfApi`-like object (default: a new `HfApi()`)."""
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id, folder_path=str(output_dir), ignore_patterns=EXPORT_IGNORE, commit_message=commit_message
+    )
+
+
+__all__ = [
+    "EMA",
+    "push_export",
+    "checkpoint_step",
+    "export_with_ema",
+    "is_complete",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "resolve_resume",
+    "save_checkpoint",
+]

@@ -1,0 +1,213 @@
+"""Generator (AR) training as the original `train_c2i.py` (SPEC 6.3): self-correction inputs, AdamW
+with decay groups, per-step warm-up + cosine `LambdaLR`, presets, and one optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.configuration_ar import DetailFlowARConfig
+from ..models.modeling_ar import DetailFlowForImageGeneration
+
+
+@dataclass
+class GeneratorPreset:
+    """Architecture (`DetailFlowARConfig` kwargs) and hyper-parameters of one training setup.
+
+    The tokenizer-dependent fields (`vocab_size`, `num_tokens`, `group_size`, `causal_num`) and
+    `num_classes` come from the extracted codes, not from here.
+    """
+
+    model: dict
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_fraction: float = 0.05
+    train_batch_size: int = 256
+    max_train_steps: int = 300 * 5004  # 300 epochs of ImageNet at global batch 256
+    ema_decay: float = 0.9999
+    max_grad_norm: float = 1.0
+    correction_prob: float = 0.3
+    sample_steps: int = 5000
+
+
+PRESETS: dict[str, dict] = {
+    # LlamaGen GPT-B / GPT-L (released) with the original's dropouts (token/resid/ffn/class 0.1).
+    "GPT-B": {"model": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12}},
+    "GPT-L": {"model": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16}},
+    # Trains on a CPU in minutes; dropouts off so a tiny dataset can be fitted.
+    "tiny": {
+        "model": {
+            "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "token_dropout": 0.0, "residual_dropout": 0.0, "ffn_dropout": 0.0,
+        },
+        "learning_rate": 1e-3,
+        "train_batch_size": 8,
+        "max_train_steps": 200,
+        "ema_decay": 0.99,
+        "sample_steps": 100,
+    },
+}
+
+
+def preset_from_dict(values: dict) -> GeneratorPreset:
+    """A `GeneratorPreset` from a preset/YAML mapping; unknown keys are an error that names them."""
+    known = set(GeneratorPreset.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown generator config keys {unknown}; expected some of {sorted(known)}.")
+    values = dict(values)
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    return GeneratorPreset(**values)
+
+
+def build_generator(preset: GeneratorPreset, codes_info: dict, class_names: list[str] | None) -> DetailFlowForImageGeneration:
+    """A freshly initialised generator shaped by `preset.model` and the codes' tokenizer.
+
+    Args:
+        codes_info: `vocab_size`, `num_tokens`, `group_size`, `causal_num`, `num_classes` of the codes.
+        class_names: stored as the config's `id2label` when given (one per class).
+    """
+    shape = {k: codes_info[k] for k in ("vocab_size", "num_tokens", "group_size", "causal_num", "num_classes")}
+    config = DetailFlowARConfig(**preset.model, **shape)
+    if class_names is not None:
+        if len(class_names) != shape["num_classes"]:
+            raise ValueError(f"{len(class_names)} class names for {shape['num_classes']} classes.")
+        config.id2label = dict(enumerate(class_names))
+        config.label2id = {name: i for i, name in enumerate(class_names)}
+    return DetailFlowForImageGeneration(config)
+
+
+def check_codes_match_tokenizer(info, tokenizer):
+    """The codes must come from this tokenizer's codebook and schedule (`info`: a `CodesInfo`)."""
+    ours = {
+        "vocab_size": tokenizer.config.codebook_size,
+        "num_tokens": tokenizer.config.num_latent_tokens,
+        "group_size": tokenizer.schedule.group_size,
+        "causal_num": tokenizer.schedule.causal_num,
+    }
+    theirs = {k: getattr(info, k) for k in ours}
+    if ours != theirs:
+        raise ValueError(f"the codes were extracted with {theirs}, but --tokenizer has {ours}.")
+
+
+def sample_grid(images: torch.Tensor):
+    """`(B, 3, H, W)` in [0, 1] -> one PIL image, the samples side by side."""
+    from PIL import Image
+
+    row = torch.cat(list(images.float().clamp(0, 1)), dim=-1)
+    return Image.fromarray((row.permute(1, 2, 0) * 255).round().byte().cpu().numpy())
+
+
+def inputs_and_targets(
+    codes: torch.LongTensor, group_size: int, correction_prob: float, generator: torch.Generator | None = None
+) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """The original `generate_z_input_target`.
+
+    Args:
+        codes: `(B, N, 3)` `[clean, noisy input, label]` triples, or `(B, N, 1)` clean codes only.
+
+    Returns:
+        `input_ids` `(B, N - g)` and `targets` `(B, N)`: per sample with probability
+        `correction_prob` the noisy input and its label, else the clean codes for both.
+    """
+    if codes.ndim != 3 or codes.shape[-1] not in (1, 3):
+        raise ValueError(f"codes must be (batch, num_tokens, 3) triples or (batch, num_tokens, 1), got {tuple(codes.shape)}.")
+    clean = codes[..., 0]
+    if codes.shape[-1] == 1 or correction_prob <= 0:
+        return clean[:, :-group_size], clean
+    use_noisy = torch.rand(codes.shape[0], generator=generator, device=codes.device) < correction_prob
+    inputs = torch.where(use_noisy[:, None], codes[..., 1], clean)
+    targets = torch.where(use_noisy[:, None], codes[..., 2], clean)
+    return inputs[:, :-group_size], targets
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: `weight_decay` on every >= 2-D parameter (embeddings included), 0 on 1-D (norms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: torch.nn.Module, preset: GeneratorPreset, learning_rate: float) -> torch.optim.AdamW:
+    fused = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(param_groups(model, preset.weight_decay), lr=learning_rate, betas=preset.betas, fused=fused)
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float = 0.05):
+    """The original's per-step LR factor: `0.005 + 0.995 s/W` during `W = int(f S)` warm-up steps,
+    then `0.01 + 0.99 * (1 + cos(pi (s - W) / (S - W))) / 2`."""
+    warmup = int(warmup_fraction * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.005 + 0.995 * step / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_fraction))
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float | None = None
+    synced: bool = False
+    extras: dict = field(default_factory=dict)
+
+
+def train_step(accelerator, model, batch: dict, optimizer, scheduler, preset: GeneratorPreset, ema=None) -> StepResult:
+    """One micro-batch under `accelerator.accumulate`: loss, backward, and on the sync step clip,
+    optimizer and scheduler step and EMA update.
+
+    `scheduler` is the plain `LambdaLR` (not passed to `accelerator.prepare`, which would step it
+    once per process): it advances once per optimizer step; checkpoint it with
+    `accelerator.register_for_checkpointing`.
+
+    Args:
+        batch: `codes` `(B, N, 3|1)` long and `label` `(B,)`.
+    """
+    config = accelerator.unwrap_model(model).config
+    with accelerator.accumulate(model):
+        inputs, targets = inputs_and_targets(batch["codes"].long(), config.group_size, preset.correction_prob)
+        with accelerator.autocast():
+            loss = model(input_ids=inputs, class_labels=batch["label"].long(), labels=targets).loss
+        accelerator.backward(loss)
+        grad_norm = None
+        if accelerator.sync_gradients:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), preset.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if accelerator.sync_gradients:
+        scheduler.step()
+        if ema is not None:
+            ema.step(accelerator.unwrap_model(model).parameters())
+    norm = float(grad_norm) if grad_norm is not None else None
+    return StepResult(loss=float(loss.detach()), grad_norm=norm, synced=accelerator.sync_gradients)
+
+
+__all__ = [
+    "GeneratorPreset",
+    "PRESETS",
+    "StepResult",
+    "build_generator",
+    "check_codes_match_tokenizer",
+    "sample_grid",
+    "inputs_and_targets",
+    "make_optimizer",
+    "make_scheduler",
+    "param_groups",
+    "preset_from_dict",
+    "train_step",
+    "warmup_cosine",
+]

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+from datasets import load_dataset
+
+from detailflow_hf.training.codes import CodesInfo, CodesWriter, build_codes_stream, read_codes_info, shard_files
+from tests.image_folder import CLASSES, load_example, tiny_tokenizer, write_image_folder
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory):
+    """The tiny folder (18 good images + 1 corrupt) extracted by examples/extract_codes.py."""
+    root = tmp_path_factory.mktemp("extract")
+    write_image_folder(root / "images")
+    tiny_tokenizer().save_pretrained(root / "tokenizer")
+    code = load_example("extract_codes").main([
+        "--tokenizer", str(root / "tokenizer"), "--output_dir", str(root / "codes"),
+        "--train_data_dir", str(root / "images"), "--rows_per_shard", "5",
+    ])
+    assert code == 0
+    return root
+
+
+def test_extraction_writes_triples_for_every_good_image(extracted):
+    info = read_codes_info(extracted / "codes")
+    assert (info.num_tokens, info.group_size, info.causal_num, info.vocab_size) == (16, 4, 4, 64)
+    assert info.class_names == list(CLASSES) and info.crops == 2 and info.triples
+    assert len(shard_files(extracted / "codes")) == 4  # 18 rows, 5 per shard
+    ds = load_dataset("parquet", data_files=shard_files(extracted / "codes"), split="train")
+    assert ds.num_rows == 18 and sorted(ds["label"]).count(0) == 6
+    assert ds.features["codes"].shape == (2, 16, 3) and ds.features["codes"].dtype == "int16"
+    codes = np.asarray(ds.with_format("numpy")["codes"])
+    assert codes.min() >= 0 and codes.max() < 64
+    # label = clean up to the noise end: at least the first token always agrees
+    assert (codes[..., 0, 2] == codes[..., 0, 0]).all()
+    # the noisy input differs from the label somewhere (noise among 50 of 64 codes)
+    assert (codes[..., 1] != codes[..., 2]).any()
+
+
+def test_extracted_clean_codes_match_the_tokenizer(extracted):
+    from PIL import Image
+
+    from detailflow_hf.training.data import center_crop_arr, to_tensor
+
+    tok = tiny_tokenizer()
+    ds = load_dataset("parquet", data_files=shard_files(extracted / "codes"), split="train").with_format("numpy")
+    first = ds[0]
+    candidates = sorted((extracted / "images" / "train").rglob("[0-9].png"))
+    crops = [center_crop_arr(Image.open(p).convert("RGB"), 32) for p in candidates]
+    with torch.no_grad():
+        ids = tok.encode(torch.stack([to_tensor(c) for c in crops])).token_ids.numpy()
+    # the row's clean codes (centre crop) are exactly one image's tokenizer ids
+    assert any((first["codes"][0, :, 0] == row).all() for row in ids)
+
+
+def test_writer_checks_shapes_and_never_leaves_partial_files(tmp_path):
+    info = CodesInfo({}, 64, 16, 4, 4, 3, None, 1, False, 32)
+    writer = CodesWriter(tmp_path, info, rank=1, world_size=2, rows_per_shard=2)
+    with pytest.raises(ValueError, match=r"codes of shape \(1, 16, 3\); this folder stores \(1, 16, 1\)"):
+        writer.add(np.zeros((1, 16, 3)), 0)
+    for i in range(3):
+        writer.add(np.full((1, 16, 1), i), i % 3)
+    writer.flush()
+    names = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert names == ["codes-00001.parquet", "codes-00003.parquet"]  # part * world + rank
+
+
+def test_code_stream_picks_one_crop_per_access(extracted):
+    stream = build_codes_stream(extracted / "codes", seed=0, shuffle_buffer_size=4)
+    examples = [next(it) for it in [iter(stream)] for _ in range(36)]
+    assert examples[0]["codes"].shape == (16, 3) and examples[0]["codes"].dtype == torch.long
+    assert {int(e["shard"]) for e in examples} == {0, 1, 2, 3}
+    ds = load_dataset("parquet", data_files=shard_files(extracted / "codes"), split="train").with_format("numpy")
+    stored = {tuple(c[k, :, 0]) for c in ds["codes"] for k in range(2)}
+    assert all(tuple(e["codes"][:, 0].tolist()) in stored for e in examples)

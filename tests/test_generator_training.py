@@ -1,0 +1,163 @@
+import math
+
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+
+from detailflow_hf import DetailFlowARConfig, DetailFlowPipeline
+from detailflow_hf.training.checkpointing import (
+    EMA,
+    MARKER,
+    export_with_ema,
+    latest_checkpoint,
+    list_checkpoints,
+    prune_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+)
+from detailflow_hf.training.generator_training import (
+    PRESETS,
+    build_generator,
+    inputs_and_targets,
+    make_optimizer,
+    make_scheduler,
+    param_groups,
+    preset_from_dict,
+    train_step,
+    warmup_cosine,
+)
+from tests.image_folder import load_example, tiny_tokenizer, write_image_folder
+
+CODES = {"vocab_size": 64, "num_tokens": 16, "group_size": 4, "causal_num": 4, "num_classes": 3}
+
+
+def test_inputs_and_targets_follow_the_correction_probability():
+    n = 16
+    clean = torch.arange(n).repeat(1000, 1)
+    codes = torch.stack([clean, clean + 100, clean + 200], dim=-1)
+    inputs, targets = inputs_and_targets(codes, 4, 0.3, generator=torch.Generator().manual_seed(0))
+    assert inputs.shape == (1000, 12) and targets.shape == (1000, 16)
+    noisy = targets[:, 0] == 200
+    assert abs(noisy.float().mean().item() - 0.3) < 0.05
+    assert torch.equal(inputs[noisy], (clean + 100)[noisy, :12]) and torch.equal(inputs[~noisy], clean[~noisy, :12])
+    only_clean, t = inputs_and_targets(codes[..., :1], 4, 0.3)
+    assert torch.equal(only_clean, clean[:, :12]) and torch.equal(t, clean)
+    with pytest.raises(ValueError, match=r"got \(1000, 16, 2\)"):
+        inputs_and_targets(codes[..., :2], 4, 0.3)
+
+
+def test_presets_and_param_groups():
+    large = DetailFlowARConfig(**preset_from_dict(PRESETS["GPT-L"]).model, vocab_size=8192, num_tokens=128)
+    assert (large.hidden_size, large.num_hidden_layers, large.intermediate_size) == (1024, 24, 2816)
+    preset = preset_from_dict(PRESETS["tiny"])
+    model = build_generator(preset, CODES, ["a", "b", "c"])
+    assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert any(p is model.model.class_embedding.weight for p in decay["params"])  # embeddings decay too
+    with pytest.raises(ValueError, match=r"unknown generator config keys \['lr'\]"):
+        preset_from_dict({"model": {}, "lr": 1})
+
+
+def test_warmup_cosine_values():
+    f = warmup_cosine(1000, 0.05)  # W = 50
+    assert f(0) == pytest.approx(0.005) and f(25) == pytest.approx(0.005 + 0.995 * 0.5)
+    assert f(50) == pytest.approx(1.0) and f(525) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert f(1000) == pytest.approx(0.01)
+
+
+def test_ema_constant_decay_store_restore():
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA([p], decay=0.9)
+    with torch.no_grad():
+        p.fill_(1.0)
+    ema.step([p])
+    ema.step([p])
+    assert torch.allclose(ema.shadow[0], torch.full((3,), 1 - 0.81))
+    seen = {}
+    export_with_ema(ema, torch.nn.ParameterList([p]), lambda: seen.setdefault("p", p.detach().clone()))
+    assert torch.allclose(seen["p"], torch.full((3,), 0.19)) and torch.equal(p.detach(), torch.ones(3))
+
+
+def test_tiny_generator_loss_drops_on_a_fixed_batch():
+    torch.manual_seed(0)
+    preset = preset_from_dict(PRESETS["tiny"])
+    model = build_generator(preset, CODES, None)
+    accelerator = Accelerator(cpu=True)
+    optimizer = make_optimizer(model, preset, preset.learning_rate)
+    scheduler = make_scheduler(optimizer, 50, preset.warmup_fraction)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    codes = torch.randint(0, 64, (8, 16, 1), generator=torch.Generator().manual_seed(1))  # clean codes: a fixed target
+    batch = {"codes": codes, "label": torch.arange(8) % 3}
+    losses = [train_step(accelerator, model, batch, optimizer, scheduler, preset).loss for _ in range(50)]
+    assert losses[0] == pytest.approx(math.log(64), abs=0.01)  # zero-initialised head: uniform logits
+    # 4.16 -> ~2.7 (class dropout stays on; the cosine schedule ends at 1% of the peak)
+    assert losses[-1] < losses[25] < losses[0] and losses[-1] < 0.7 * losses[0], losses[::10]
+
+
+def test_half_written_checkpoint_is_never_latest_and_pruning(tmp_path):
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(2, 2))
+    for step in (10, 20, 30):
+        save_checkpoint(accelerator, tmp_path, step, total_limit=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-20", "checkpoint-30"]
+    # a run killed while writing step 40: the partial folder, or even a final name without the marker
+    killed = tmp_path / "checkpoints" / ".checkpoint-40.partial"
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"\0" * 10)
+    unmarked = tmp_path / "checkpoints" / "checkpoint-50"
+    unmarked.mkdir()
+    assert latest_checkpoint(tmp_path).name == "checkpoint-30"
+    assert resolve_resume(tmp_path, "latest").name == "checkpoint-30"
+    with pytest.raises(ValueError, match="is not a complete checkpoint"):
+        resolve_resume(tmp_path, str(unmarked))
+    assert (latest_checkpoint(tmp_path) / MARKER).read_text() == '{"step": 30}'
+    prune_checkpoints(tmp_path, 2)
+    assert not killed.exists()
+    assert resolve_resume(tmp_path / "empty", "latest") is None
+
+
+@pytest.fixture(scope="module")
+def codes_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    write_image_folder(root / "images")
+    tiny_tokenizer().save_pretrained(root / "tokenizer")
+    assert load_example("extract_codes").main([
+        "--tokenizer", str(root / "tokenizer"), "--output_dir", str(root / "codes"),
+        "--train_data_dir", str(root / "images"), "--rows_per_shard", "5",
+    ]) == 0
+    return root
+
+
+def train(root, out, *extra):
+    return load_example("train_generator").main([
+        "--tokenizer", str(root / "tokenizer"), "--codes_dir", str(root / "codes"), "--output_dir", str(out),
+        "--config", "tiny", "--max_train_steps", "12", "--train_batch_size", "4", "--shuffle_buffer_size", "6",
+        "--checkpointing_steps", "4", "--sample_steps", "100", "--report_to", "none", "--seed", "5", *extra,
+    ])
+
+
+def test_resume_is_exact_and_the_export_loads(codes_dir, tmp_path):
+    straight = train(codes_dir, tmp_path / "a")
+    first = train(codes_dir, tmp_path / "b", "--stop_after_steps", "6")
+    assert first.global_step == 6 and not (tmp_path / "b" / "model_index.json").exists()
+    second = train(codes_dir, tmp_path / "b", "--resume_from_checkpoint", "latest")
+    assert second.global_step == 12 and len(second.losses) == 6
+    assert straight.losses == first.losses + second.losses  # bitwise equal floats
+    for name in ("transformer/model.safetensors", "checkpoints/checkpoint-12/model.safetensors"):
+        a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the export holds the EMA weights, not the raw ones
+    raw = load_file(tmp_path / "a" / "checkpoints/checkpoint-12/model.safetensors")
+    ema = load_file(tmp_path / "a" / "transformer/model.safetensors")
+    assert not torch.equal(raw["model.embed_tokens.weight"], ema["model.embed_tokens.weight"])
+
+    pipe = DetailFlowPipeline.from_pretrained(tmp_path / "a")
+    assert pipe.transformer.config.id2label == {0: "circle", 1: "square", 2: "triangle"}
+    ids = pipe.transformer.generate([0, 2], guidance_scale=1.5, generator=torch.Generator().manual_seed(0))
+    assert ids.shape == (2, 16) and ids.max() < 64
+    images = pipe([1], output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 3, 32, 32)

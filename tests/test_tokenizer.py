@@ -104,3 +104,13 @@ def test_any_shape_matches_the_original(tmp_path, enc, dec, n, g, c, size):
         res = ours.schedule.decoder_resolution(t)
         reference = original_decode(state, dec, quant, t, res)
         assert (ours.decode(out.latents, num_tokens=t).sample - reference).abs().max() < 1e-4, t
+
+
+def test_fresh_tables_follow_the_original_init():
+    torch.manual_seed(0)
+    spec = dict(hidden_size=64, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1, num_patches=16,
+                patch_size=8, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+    vq = DetailFlowTokenizer(image_size=32, num_latent_tokens=64, group_size=4, codebook_size=16, codebook_embed_dim=4,
+                             encoder_config=spec, decoder_config=spec)
+    for table in (vq.encoder.latent_tokens, vq.encoder.refined_tokens, vq.encoder.latent_pos_embed, vq.decoder.latent_pos_embed):
+        assert 0.015 < table.std().item() < 0.025

@@ -102,6 +102,17 @@ def group_causal_latent_mask(
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
 
+def learned_table(*shape: int, truncated: bool = False, std: float = 0.02) -> nn.Parameter:
+    """A learned token table, initialised as the original: N(0, std); position tables use
+    `trunc_normal_` with its default absolute bounds (+-2), as the original does."""
+    table = torch.empty(*shape)
+    if truncated:
+        nn.init.trunc_normal_(table, std=std)
+    else:
+        nn.init.normal_(table, std=std)
+    return nn.Parameter(table)
+
+
 def _vision_config(spec: dict) -> Siglip2VisionConfig:
     missing = [k for k in VISION_KEYS if k not in spec]
     if missing:
@@ -121,10 +132,10 @@ class DetailFlowEncoder(nn.Module):
         dim = config.hidden_size
         self.patch_embedding = nn.Linear(config.num_channels * config.patch_size**2, dim)
         self.position_embedding = nn.Embedding(config.num_patches, dim)
-        self.latent_tokens = nn.Parameter(torch.zeros(1, num_latent_tokens, dim))
-        self.latent_pos_embed = nn.Parameter(torch.zeros(1, num_latent_tokens, dim))
+        self.latent_tokens = learned_table(1, num_latent_tokens, dim)
+        self.latent_pos_embed = learned_table(1, num_latent_tokens, dim, truncated=True)
         # Queries of the self-correction (noisy) encode used by training and code extraction.
-        self.refined_tokens = nn.Parameter(torch.zeros(1, num_latent_tokens, dim))
+        self.refined_tokens = learned_table(1, num_latent_tokens, dim)
         self.layers = nn.ModuleList([Siglip2EncoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.post_layernorm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
 
@@ -156,9 +167,9 @@ class DetailFlowDecoder(nn.Module):
         super().__init__()
         self.patch_size = config.patch_size
         dim = config.hidden_size
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.mask_token = learned_table(1, 1, dim)
         self.position_embedding = nn.Embedding(config.num_patches, dim)
-        self.latent_pos_embed = nn.Parameter(torch.zeros(1, num_latent_tokens, dim))
+        self.latent_pos_embed = learned_table(1, num_latent_tokens, dim, truncated=True)
         self.layers = nn.ModuleList([Siglip2EncoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.post_layernorm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.to_pixel = nn.Linear(dim, config.num_channels * config.patch_size**2)

@@ -96,7 +96,7 @@ def main(argv=None):
         images_seen += images.shape[0] * accelerator.num_processes
         rate = images_seen / (time.perf_counter() - start)
         progress.update(1)
-        progress.set_postfix(loss=f"{logs['g_loss']:.4f}", d_loss=f"{logs['d_loss']:.4f}", img_s=f"{rate:.1f}")
+        progress.set_postfix(loss=f"{logs['g_loss']:.4f}", d_loss=f"{logs.get('d_loss', 0.0):.4f}", img_s=f"{rate:.1f}")
         if step % args.logging_steps == 0:
             accelerator.log({**logs, "images_per_second": rate}, step=step)
         if step % args.checkpointing_steps == 0 or step == stop:

@@ -336,12 +336,12 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel):
         Returns:
             `(batch, num_tokens)` long ids, or a [`DetailFlowGenerationOutput`] with `return_dict=True`.
         """
+        if hasattr(self, "_hf_hook"):  # accelerate offload hooks only fire on forward(): place the model first
+            self._hf_hook.pre_forward(self)
         check_sampling_args(guidance_scale, temperature, top_k, top_p)
         labels = self._check_labels(class_labels, allow_null=False)
         generators = _check_generators(generator, labels.shape[0])
         steps = self._prefix_lengths(num_tokens)
-        if hasattr(self, "_hf_hook"):  # accelerate offload hooks only fire on forward()
-            self._hf_hook.pre_forward(self)
         use_cfg = guidance_scale > 1.0
         if use_cfg:
             labels = torch.cat([labels, torch.full_like(labels, self.config.null_class_id)])

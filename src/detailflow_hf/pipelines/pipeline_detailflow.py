@@ -240,7 +240,7 @@ class DetailFlowPipeline(DiffusionPipeline):
                 progress.update()
 
             token_ids = self.transformer.generate(
-                torch.tensor(class_ids, device=self.transformer.device),
+                torch.tensor(class_ids, device=self._execution_device),
                 guidance_scale=guidance_scale,
                 gradual_guidance=gradual_guidance,
                 temperature=temperature,
@@ -251,7 +251,6 @@ class DetailFlowPipeline(DiffusionPipeline):
                 callback=on_step,
                 compile=compile,
             )
-        token_ids = token_ids.to(self.vqvae.device)
         images = self.decode(token_ids, output_type=output_type)
         intermediates = None
         if return_intermediates:
@@ -264,7 +263,7 @@ class DetailFlowPipeline(DiffusionPipeline):
     @torch.no_grad()
     def decode(self, token_ids: torch.LongTensor, output_type: str = "pil"):
         """Decode `(batch, k)` ids at the resolution `k` maps to; images in [0, 1] as `output_type`."""
-        sample = self.vqvae.decode(token_ids).sample
+        sample = self.vqvae.decode(token_ids.to(self._execution_device)).sample
         images = (sample.float() / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return images

@@ -167,9 +167,12 @@ def generator_loss(
     multiplied by 0. Returns `loss` and its detached parts for logging.
     """
     rec = F.mse_loss(reconstruction, target)
-    perc = perceptual(reconstruction.contiguous(), target.contiguous()).mean()
-    loss = rec + config.perceptual_factor(step) * perc + codebook
-    parts = {"rec_loss": rec.detach(), "perceptual_loss": perc.detach(), "codebook_loss": codebook.detach()}
+    loss = rec + codebook
+    parts = {"rec_loss": rec.detach(), "codebook_loss": codebook.detach()}
+    if config.perceptual_weight > 0:  # a config without the perceptual term skips the VGG passes
+        perc = perceptual(reconstruction.contiguous(), target.contiguous()).mean()
+        loss = loss + config.perceptual_factor(step) * perc
+        parts["perceptual_loss"] = perc.detach()
     gan_weight = config.gan_factor(step)
     if gan_weight > 0:
         adversarial = hinge_g_loss(discriminator(diff_augment(reconstruction, GENERATOR_POLICY, config.diff_aug_prob)))

@@ -359,6 +359,10 @@ def train_step(state: TokenizerTrainState, images: torch.Tensor, step: int, acce
     state.optimizer.step()
     state.schedule.step()
 
+    logs = {f"g_{k}" if k == "loss" else k: v.item() for k, v in gen.items()}
+    logs.update(num_tokens=degraded.num_tokens, lr=lr)
+    if losses.disc_weight == 0:  # no GAN in this config: the discriminator is never updated
+        return logs
     state.disc_optimizer.zero_grad(set_to_none=True)
     with accelerator.autocast():
         disc = discriminator_step_loss(state.discriminator, target, out.reconstruction.detach(), state.lecam, step,
@@ -368,9 +372,7 @@ def train_step(state: TokenizerTrainState, images: torch.Tensor, step: int, acce
     state.disc_optimizer.step()
     state.disc_schedule.step()
 
-    logs = {f"g_{k}" if k == "loss" else k: v.item() for k, v in gen.items()}
     logs.update({"d_loss" if k == "loss" else k: v.item() for k, v in disc.items()})
-    logs.update(num_tokens=degraded.num_tokens, lr=lr)
     return logs
 
 

@@ -1,4 +1,4 @@
-"""`detailflow-hf`: generate, convert, reconstruct, write model cards. Thin: parse, call, report."""
+"""`detailflow-hf`: generate, convert, reconstruct, write model cards, evaluate. Thin: parse, call, report."""
 
 from __future__ import annotations
 
@@ -193,10 +193,49 @@ def _card(args) -> int:
     return 0
 
 
+# -- eval-generation / eval-tokenizer ---------------------------------------------------------------
+def _add_eval_generation(subparsers):
+    from .evaluation.arguments import add_generation_eval_args
+
+    p = subparsers.add_parser(
+        "eval-generation", help="class-balanced sample set (any number of processes) and its FID/IS/precision/recall",
+        description="Same as examples/eval_generation.py; run under `accelerate launch` for several processes.",
+    )
+    add_generation_eval_args(p)
+    p.set_defaults(func=_eval_generation)
+
+
+def _eval_generation(args) -> int:
+    from .evaluation.arguments import run_generation_eval
+
+    report = run_generation_eval(args)
+    if report is not None:
+        print(json.dumps(report.get("metrics", {"samples": report["samples"]}), indent=1))
+    return 0
+
+
+def _add_eval_tokenizer(subparsers):
+    from .evaluation.arguments import add_tokenizer_eval_args
+
+    p = subparsers.add_parser(
+        "eval-tokenizer", help="PSNR, SSIM and rFID of the tokenizer per detail level",
+        description="Same as examples/eval_tokenizer.py.",
+    )
+    add_tokenizer_eval_args(p)
+    p.set_defaults(func=_eval_tokenizer)
+
+
+def _eval_tokenizer(args) -> int:
+    from .evaluation.arguments import format_levels, run_tokenizer_eval
+
+    print(format_levels(run_tokenizer_eval(args)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detailflow-hf", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_convert, _add_reconstruct, _add_card):
+    for add in (_add_generate, _add_convert, _add_reconstruct, _add_card, _add_eval_generation, _add_eval_tokenizer):
         add(subparsers)
     return parser
 

@@ -12,6 +12,17 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
 
 
+def ssim(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM (Gaussian window 11, sigma 1.5) of `(batch, 3, H, W)` images in [-1, 1]
+    (torchmetrics' functional SSIM on images mapped to [0, 1])."""
+    try:
+        from torchmetrics.functional.image import structural_similarity_index_measure
+    except ImportError as error:
+        raise ImportError("SSIM needs torchmetrics: pip install 'detailflow-hf[eval]'.") from error
+    rec = (reconstruction.float().clamp(-1, 1) + 1) / 2
+    return structural_similarity_index_measure(rec, (target.float() + 1) / 2, data_range=1.0, reduction="none")
+
+
 @torch.no_grad()
 def prefix_reconstructions(vqvae, pixel_values: torch.Tensor, prefixes: list[int] | None = None) -> dict[int, torch.Tensor]:
     """Encode once, decode every prefix length; each decode (at its own resolution) is resized

@@ -22,19 +22,12 @@ import torch
 from accelerate import Accelerator
 
 from detailflow_hf import DetailFlowPipeline
-from detailflow_hf.finetuning import ImageFolderDataset, encode_images, generator_loss, set_classes
+from detailflow_hf.finetuning import ImageFolderDataset, add_finetune_args, encode_images, generator_loss, set_classes
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="base pipeline folder or Hub repo id")
-    parser.add_argument("--train_data_dir", required=True, help="images of the new classes (imagefolder or parquet)")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--learning_rate", type=float, default=2e-5)
-    parser.add_argument("--train_batch_size", type=int, default=8)
-    parser.add_argument("--max_train_steps", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
+    add_finetune_args(parser, "base pipeline folder or Hub repo id", "images of the new classes (imagefolder or parquet)", learning_rate=2e-5)
     return parser.parse_args(argv)
 
 

@@ -29,6 +29,7 @@ from accelerate import Accelerator
 from detailflow_hf import DetailFlowPipeline
 from detailflow_hf.finetuning import (
     ImageFolderDataset,
+    add_finetune_args,
     add_generator_lora,
     encode_images,
     generator_loss,
@@ -41,17 +42,10 @@ from detailflow_hf.pipelines.utils import image_grid
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="base pipeline folder or Hub repo id")
-    parser.add_argument("--train_data_dir", required=True, help="imagefolder or parquet folder with labels")
-    parser.add_argument("--output_dir", required=True)
+    add_finetune_args(parser, "base pipeline folder or Hub repo id", "imagefolder or parquet folder with labels", learning_rate=1e-4)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--train_batch_size", type=int, default=8)
-    parser.add_argument("--max_train_steps", type=int, default=1000)
     parser.add_argument("--guidance_scale", type=float, default=1.5, help="for the sample grid")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     return parser.parse_args(argv)
 
 

@@ -21,20 +21,13 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from detailflow_hf.finetuning import ImageFolderDataset, decoder_loss, decoder_parameters, load_tokenizer
+from detailflow_hf.finetuning import ImageFolderDataset, add_finetune_args, decoder_loss, decoder_parameters, load_tokenizer
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="pipeline or tokenizer folder, or Hub repo id")
-    parser.add_argument("--train_data_dir", required=True, help="imagefolder or parquet folder")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--learning_rate", type=float, default=1e-5)
-    parser.add_argument("--train_batch_size", type=int, default=8)
-    parser.add_argument("--max_train_steps", type=int, default=1000)
+    add_finetune_args(parser, "pipeline or tokenizer folder, or Hub repo id", "imagefolder or parquet folder", learning_rate=1e-5)
     parser.add_argument("--degradation_prob", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     return parser.parse_args(argv)
 
 

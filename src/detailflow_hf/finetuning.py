@@ -44,6 +44,20 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
+def add_finetune_args(parser, model_help: str, data_help: str, learning_rate: float):
+    """The flags every fine-tuning example shares (`--model`, `--train_data_dir`, `--output_dir`,
+    `--learning_rate`, `--train_batch_size`, `--max_train_steps`, `--seed`, `--mixed_precision`)."""
+    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--train_data_dir", required=True, help=data_help)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--learning_rate", type=float, default=learning_rate)
+    parser.add_argument("--train_batch_size", type=int, default=8)
+    parser.add_argument("--max_train_steps", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
+    return parser
+
+
 def encode_images(vqvae, pixel_values: torch.Tensor) -> torch.LongTensor:
     """Token ids `(batch, num_tokens)` of images `(batch, 3, H, W)` in [-1, 1] (frozen tokenizer)."""
     return vqvae.encode(pixel_values.to(vqvae.device, vqvae.dtype)).token_ids.long()

@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 
 from detailflow_hf import DetailFlowPipeline
-from detailflow_hf.finetuning import ImageFolderDataset, add_finetune_args, encode_images, generator_loss, set_classes
+from detailflow_hf.finetuning import ImageFolderDataset, add_finetune_args, encode_images, generator_loss, run_training, set_classes
 
 
 def parse_args(argv=None):
@@ -47,23 +47,10 @@ def main(argv=None) -> int:
     group_size = model.config.group_size
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
-    model.train()
-    step = 0
-    while step < args.max_train_steps:
-        for batch in loader:
-            ids = encode_images(pipe.vqvae, batch["pixel_values"])
-            with accelerator.autocast():
-                loss = generator_loss(model, ids, batch["label"] + first_new, group_size)
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if accelerator.is_main_process and (step % 50 == 0 or step == args.max_train_steps):
-                print(f"step {step} loss {loss.item():.4f}")
-            if step >= args.max_train_steps:
-                break
-
-    accelerator.wait_for_everyone()
+    run_training(
+        accelerator, model, optimizer, loader, args.max_train_steps,
+        lambda batch: generator_loss(model, encode_images(pipe.vqvae, batch["pixel_values"]), batch["label"] + first_new, group_size),
+    )
     if accelerator.is_main_process:
         transformer = accelerator.unwrap_model(model).eval()
         grown = DetailFlowPipeline(vqvae=pipe.vqvae, transformer=transformer, id2label=transformer.config.id2label)

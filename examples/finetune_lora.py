@@ -34,6 +34,7 @@ from detailflow_hf.finetuning import (
     encode_images,
     generator_loss,
     load_adapter,
+    run_training,
     save_adapter,
     set_classes,
 )
@@ -62,23 +63,10 @@ def main(argv=None) -> int:
     group_size = pipe.transformer.config.group_size
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
-    model.train()
-    step = 0
-    while step < args.max_train_steps:
-        for batch in loader:
-            ids = encode_images(pipe.vqvae, batch["pixel_values"])
-            with accelerator.autocast():
-                loss = generator_loss(model, ids, batch["label"], group_size)
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if accelerator.is_main_process and (step % 50 == 0 or step == args.max_train_steps):
-                print(f"step {step} loss {loss.item():.4f}")
-            if step >= args.max_train_steps:
-                break
-
-    accelerator.wait_for_everyone()
+    run_training(
+        accelerator, model, optimizer, loader, args.max_train_steps,
+        lambda batch: generator_loss(model, encode_images(pipe.vqvae, batch["pixel_values"]), batch["label"], group_size),
+    )
     if accelerator.is_main_process:
         output = Path(args.output_dir)
         adapter = save_adapter(accelerator.unwrap_model(model), output / "adapter")

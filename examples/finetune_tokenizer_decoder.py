@@ -21,7 +21,7 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from detailflow_hf.finetuning import ImageFolderDataset, add_finetune_args, decoder_loss, decoder_parameters, load_tokenizer
+from detailflow_hf.finetuning import ImageFolderDataset, add_finetune_args, decoder_loss, decoder_parameters, load_tokenizer, run_training
 
 
 def parse_args(argv=None):
@@ -43,22 +43,10 @@ def main(argv=None) -> int:
     vqvae, optimizer, loader = accelerator.prepare(vqvae, optimizer, loader)
     generator = torch.Generator().manual_seed(args.seed)  # the same degradation draws on every process
 
-    vqvae.train()
-    step = 0
-    while step < args.max_train_steps:
-        for batch in loader:
-            with accelerator.autocast():
-                loss = decoder_loss(vqvae, schedule, batch["pixel_values"], args.degradation_prob, generator)
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if accelerator.is_main_process and (step % 50 == 0 or step == args.max_train_steps):
-                print(f"step {step} loss {loss.item():.5f}")
-            if step >= args.max_train_steps:
-                break
-
-    accelerator.wait_for_everyone()
+    run_training(
+        accelerator, vqvae, optimizer, loader, args.max_train_steps,
+        lambda batch: decoder_loss(vqvae, schedule, batch["pixel_values"], args.degradation_prob, generator),
+    )
     if accelerator.is_main_process:
         accelerator.unwrap_model(vqvae).eval().save_pretrained(args.output_dir)
         print(f"wrote {args.output_dir}")

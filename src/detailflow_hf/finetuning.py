@@ -58,6 +58,27 @@ def add_finetune_args(parser, model_help: str, data_help: str, learning_rate: fl
     return parser
 
 
+def run_training(accelerator, model, optimizer, loader, max_steps: int, loss_fn, log_every: int = 50) -> float:
+    """The examples' shared loop: `loss_fn(batch)` -> backward -> step, over `loader` until `max_steps`
+    optimizer steps; prints the loss every `log_every` steps on the main process. Returns the last loss."""
+    model.train()
+    step, loss = 0, None
+    while step < max_steps:
+        for batch in loader:
+            with accelerator.autocast():
+                loss = loss_fn(batch)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if accelerator.is_main_process and (step % log_every == 0 or step == max_steps):
+                print(f"step {step} loss {loss.item():.5f}")
+            if step >= max_steps:
+                break
+    accelerator.wait_for_everyone()
+    return loss.item()
+
+
 def encode_images(vqvae, pixel_values: torch.Tensor) -> torch.LongTensor:
     """Token ids `(batch, num_tokens)` of images `(batch, 3, H, W)` in [-1, 1] (frozen tokenizer)."""
     return vqvae.encode(pixel_values.to(vqvae.device, vqvae.dtype)).token_ids.long()

@@ -41,9 +41,12 @@ def main(argv=None):
         embedded,
         "detailflow-hf/detailflow-tiny-emoji",
         sample_grid="samples.png",
+        guidance_scale=results["guidance_scale"],
+        load_from="detailflow_hf.DEFAULT_MODEL",
+        remote_code=False,
         description=(
             "DetailFlow-tiny, the model embedded in `detailflow_hf` (`detailflow_hf.DEFAULT_MODEL`): trained from scratch "
-            "by this package's own training scripts (`examples/train_default_model.sh`, about 45 minutes on a 2-core CPU) "
+            "by this package's own training scripts (`examples/train_default_model.sh`, about an hour on a 2-core CPU) "
             "on the Noto Color Emoji font rendered at 32 px, labelled by the 9 Unicode emoji groups. It exists so that the "
             "CLI, the quick start and the Space run offline; it is not ImageNet-quality."
         ),
@@ -54,7 +57,8 @@ def main(argv=None):
             f"class accuracy of {results['num_samples']} generated images (chance {results['chance']})": results["generated_class_accuracy"],
             "Frechet distance, generated vs held-out (classifier features)": results["frechet_distance_generated_vs_heldout"],
             "Frechet distance, train vs held-out (classifier features)": results["frechet_distance_train_vs_heldout"],
-            "guidance scale": results["guidance_scale"],
+            "sampling": f"guidance_scale={results['guidance_scale']}, top_k={results.get('top_k', 0)}, "
+                        f"temperature={results.get('temperature', 1.0)}",
         },
     )
     card.save(TARGET / "README.md")

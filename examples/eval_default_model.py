@@ -95,6 +95,8 @@ def main(argv=None):
     parser.add_argument("--output", required=True, help="results JSON; a sample grid PNG is written beside it")
     parser.add_argument("--num_samples", type=int, default=200)
     parser.add_argument("--guidance_scale", type=float, default=2.0)
+    parser.add_argument("--top_k", type=int, default=0, help="sampling top-k (0: the full distribution)")
+    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--classifier_epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -113,7 +115,8 @@ def main(argv=None):
 
     labels = [i % len(class_names) for i in range(args.num_samples)]
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_samples)]
-    generated = pipe(class_labels=labels, guidance_scale=args.guidance_scale, generator=generators, output_type="pt").images
+    sampling = dict(guidance_scale=args.guidance_scale, top_k=args.top_k, temperature=args.temperature)
+    generated = pipe(class_labels=labels, generator=generators, output_type="pt", **sampling).images
     gen_pred, gen_features = classify(classifier, generated * 2 - 1)
 
     held_stats = FeatureStatistics.from_features(held_features)
@@ -125,14 +128,14 @@ def main(argv=None):
         "frechet_distance_generated_vs_heldout": round(frechet_distance(FeatureStatistics.from_features(gen_features), held_stats), 3),
         "frechet_distance_train_vs_heldout": round(frechet_distance(FeatureStatistics.from_features(train_features), held_stats), 3),
         "num_samples": args.num_samples,
-        "guidance_scale": args.guidance_scale,
+        **sampling,
         "classes": class_names,
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=1))
-    per_class = [pipe(class_labels=[c] * 6, guidance_scale=args.guidance_scale,
-                      generator=[torch.Generator().manual_seed(100 + 6 * c + j) for j in range(6)]).images
+    per_class = [pipe(class_labels=[c] * 6, generator=[torch.Generator().manual_seed(100 + 6 * c + j) for j in range(6)],
+                      **sampling).images
                  for c in range(len(class_names))]
     grid = image_grid([im.resize((64, 64), Image.NEAREST) for row in per_class for im in row], columns=6)
     grid.save(output.with_suffix(".png"))

@@ -23,6 +23,15 @@ def test_generate_grid_and_progressive_strip(converted_dir, tmp_path):
     assert strip.size == (11 * 64, 4 * 64)  # one row per image, one column per decoding step
 
 
+def test_generate_display_size_enlarges_grid_and_strip(converted_dir, tmp_path):
+    out = tmp_path / "big.png"
+    result = run_cli("generate", "--model", converted_dir, "--class", 1, "--seed", 3, "--output", out, "--progressive",
+                     "--display-size", 96)
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (96, 96)
+    assert Image.open(tmp_path / "big_progressive.png").size == (11 * 96, 96)
+
+
 def test_generate_into_a_directory_is_seeded(converted_dir, tmp_path):
     for name in ("a", "b"):
         result = run_cli("generate", "--model", converted_dir, "--class", 4, "--seed", 7, "--output", tmp_path / name)
@@ -37,6 +46,7 @@ def test_generate_into_a_directory_is_seeded(converted_dir, tmp_path):
         (["--class", "dog"], "unknown class name 'dog'"),
         (["--class", "10"], "class id 10 is out of range"),
         (["--class", "1", "--num-tokens", "5"], "num_tokens=5 is not a valid prefix length"),
+        (["--class", "1", "--display-size", "0"], "--display-size 0 must be a positive number of pixels"),
     ],
 )
 def test_generate_user_errors_are_one_line(converted_dir, tmp_path, args, message):

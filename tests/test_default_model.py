@@ -1,5 +1,6 @@
 """The embedded DetailFlow-tiny (emoji) model: present, named, coarse-to-fine, packaged."""
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -47,6 +48,10 @@ def test_psnr_grows_with_the_number_of_tokens(default_pipe):
 def test_card_carries_the_measured_numbers():
     card = (Path(detailflow_hf.DEFAULT_MODEL) / "README.md").read_text()
     assert "tokenizer PSNR, all tokens (held-out)" in card and "generated images" in card
+    # the usage example loads the embedded copy and names the model's own classes, not ImageNet's
+    assert "DetailFlowPipeline.from_pretrained(detailflow_hf.DEFAULT_MODEL)" in card
+    assert '["Activities", "Animals & Nature"]' in card and "golden retriever" not in card
+    assert "trust_remote_code" not in card  # the embedded folder carries no code
     assert (Path(detailflow_hf.DEFAULT_MODEL) / "samples.png").is_file()
 
 
@@ -61,3 +66,14 @@ def test_wheel_contains_the_default_model(tmp_path):
         assert required in names, required
     size = sum(info.file_size for info in zipfile.ZipFile(wheel).infolist() if "default_model" in info.filename)
     assert size < 20 * 2**20
+
+    # Installed from the wheel (not this checkout), the package finds its own copy of the model.
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=600)
+    found = subprocess.run(
+        [sys.executable, "-c", "import detailflow_hf; print(detailflow_hf.DEFAULT_MODEL)"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    assert Path(found) == target / "detailflow_hf" / "default_model"
+    assert (Path(found) / "model_index.json").is_file()

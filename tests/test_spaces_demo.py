@@ -84,13 +84,23 @@ def test_twenty_concurrent_requests_all_complete(served):
 
 
 def test_page_in_a_real_browser(converted_dir, tmp_path):
+    """Served as a Space would be: no DETAILFLOW_MODEL, so on the embedded model (the converted
+    fixture only where this installation has none)."""
+    import detailflow_hf
+    from detailflow_hf import DetailFlowPipeline
+
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing; .ci/run installs Debian's chromium")
         pytest.skip("Debian chromium is not installed")
     port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "DETAILFLOW_MODEL": str(converted_dir)}
+    env = {k: v for k, v in os.environ.items() if k != "DETAILFLOW_MODEL"}
+    env.update(GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
+    if detailflow_hf.DEFAULT_MODEL is None:
+        env["DETAILFLOW_MODEL"] = str(converted_dir)
+    model = DetailFlowPipeline.from_pretrained(env.get("DETAILFLOW_MODEL") or detailflow_hf.DEFAULT_MODEL)
+    steps, first_class = len(model.prefix_lengths()), model.labels.names()[0] if model.labels.names() else "0"
     server = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
@@ -110,7 +120,8 @@ def test_page_in_a_real_browser(converted_dir, tmp_path):
             page.goto(url, wait_until="networkidle")
             page.click("#generate")
             page.wait_for_selector("#result img", timeout=120_000)
-            page.wait_for_function("document.querySelectorAll('#gallery img').length >= 11", timeout=120_000)
+            assert first_class in page.content()
+            page.wait_for_function(f"document.querySelectorAll('#gallery img').length >= {steps}", timeout=120_000)
             src = page.get_attribute("#result img", "src")
             page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
             if os.environ.get("DETAILFLOW_SCREENSHOT"):

@@ -45,14 +45,17 @@ def _add_generate(subparsers):
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", required=True, help="FILE.png (a grid) or a directory (one file per image)")
     p.add_argument("--progressive", action="store_true", help="also save the coarse-to-fine strip of every image")
+    p.add_argument("--display-size", type=int, help="enlarge grid cells and strip frames to N px (nearest), for small models")
     p.set_defaults(func=_generate)
 
 
 def _generate(args) -> int:
     import torch
 
-    from .pipelines.utils import image_grid, progressive_strip
+    from .pipelines.utils import image_grid, progressive_strip, upscale
 
+    if args.display_size is not None and args.display_size <= 0:
+        raise UsageError(f"--display-size {args.display_size} must be a positive number of pixels.")
     pipe = _load_pipeline(args.model, args.device)
     pipe.set_progress_bar_config(disable=True)
     class_ids = pipe.get_label_ids(args.classes)
@@ -74,11 +77,13 @@ def _generate(args) -> int:
     written = []
     if output.suffix.lower() == ".png":
         output.parent.mkdir(parents=True, exist_ok=True)
-        image_grid(out.images).save(output)
+        cells = [upscale(im, args.display_size) for im in out.images] if args.display_size else out.images
+        image_grid(cells).save(output)
         written.append(output)
         if args.progressive:
             strip = output.with_name(output.stem + "_progressive.png")
-            image_grid([progressive_strip(out.intermediates, i) for i in range(count)], columns=1).save(strip)
+            strips = [progressive_strip(out.intermediates, i, args.display_size) for i in range(count)]
+            image_grid(strips, columns=1).save(strip)
             written.append(strip)
     else:
         output.mkdir(parents=True, exist_ok=True)
@@ -88,7 +93,7 @@ def _generate(args) -> int:
             written.append(path)
             if args.progressive:
                 strip = output / f"{i:03d}_{names[i]}_progressive.png"
-                progressive_strip(out.intermediates, i).save(strip)
+                progressive_strip(out.intermediates, i, args.display_size).save(strip)
                 written.append(strip)
     for path in written:
         print(path)

@@ -43,11 +43,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return {"pixel_values": to_tensor(image), "label": torch.tensor(int(row["label"]))}
 
 
-@torch.no_grad()
 def add_finetune_args(parser, model_help: str, data_help: str, learning_rate: float):
     """The flags every fine-tuning example shares (`--model`, `--train_data_dir`, `--output_dir`,
-    `--learning_rate`, `--train_batch_size`, `--max_train_steps`, `--seed`, `--mixed_precision`)."""
-    parser.add_argument("--model", required=True, help=model_help)
+    `--learning_rate`, `--train_batch_size`, `--max_train_steps`, `--seed`, `--mixed_precision`).
+    `--model` defaults to the embedded emoji model (`detailflow_hf.DEFAULT_MODEL`) where it is installed."""
+    from . import DEFAULT_MODEL
+
+    parser.add_argument("--model", default=DEFAULT_MODEL, required=DEFAULT_MODEL is None,
+                        help=f"{model_help} (default: the embedded emoji model)")
     parser.add_argument("--train_data_dir", required=True, help=data_help)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--learning_rate", type=float, default=learning_rate)

@@ -37,24 +37,37 @@ CODE_MODEL_INDEX = {
 
 
 # -- cards ------------------------------------------------------------------------------------------
-def _usage(repo_id: str) -> str:
-    return f"""```python
+def _usage(source: str, class_labels: str, guidance_scale: float, remote_code: bool) -> str:
+    imports = "import detailflow_hf\n" if source.startswith("detailflow_hf.") else ""
+    usage = f"""```python
 import torch
-from detailflow_hf import DetailFlowPipeline
+{imports}from detailflow_hf import DetailFlowPipeline
 
-pipe = DetailFlowPipeline.from_pretrained("{repo_id}")
-out = pipe(class_labels=["golden retriever", 207], guidance_scale=1.5, generator=torch.Generator().manual_seed(0),
+pipe = DetailFlowPipeline.from_pretrained({source})
+out = pipe(class_labels={class_labels}, guidance_scale={guidance_scale}, generator=torch.Generator().manual_seed(0),
            return_intermediates=True)
 out.images[0].save("sample.png")          # full detail
 out.intermediates[3][0].save("coarse.png")  # a coarse prefix, at its own low resolution
-```
+```"""
+    if not remote_code:
+        return usage
+    return usage + f"""
 
 Without this package (the repo carries its own code):
 
 ```python
 from diffusers import DiffusionPipeline
-pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)
+pipe = DiffusionPipeline.from_pretrained({source}, trust_remote_code=True)
 ```"""
+
+
+def _example_labels(pipe) -> str:
+    num_classes = pipe.transformer.config.num_classes
+    if num_classes == 1000:
+        return '["golden retriever", 207]'
+    if pipe.id2label:
+        return json.dumps([pipe.labels.name(i) for i in sorted(pipe.id2label)[:2]], ensure_ascii=False)
+    return repr(list(range(min(2, num_classes))))
 
 
 def _card(data: ModelCardData, title: str, body: str) -> ModelCard:
@@ -70,8 +83,16 @@ def pipeline_card(
     sample_grid: str | None = None,
     results: dict[str, str] | None = None,
     description: str | None = None,
+    guidance_scale: float = 1.5,
+    load_from: str | None = None,
+    remote_code: bool = True,
 ) -> ModelCard:
-    """A model card for a `DetailFlowPipeline` folder: metadata, architecture, usage, optional sample grid and results."""
+    """A model card for a `DetailFlowPipeline` folder: metadata, architecture, usage, optional sample grid and results.
+
+    The usage example names two of the model's own classes (ImageNet's when it has no `id2label`)
+    at `guidance_scale`; `load_from` is the Python expression it loads from (default: the quoted
+    `repo_id`); `remote_code` adds the stock-diffusers snippet, for folders saved with their code.
+    """
     vq, gpt = pipe.vqvae.config, pipe.transformer.config
     imagenet = gpt.num_classes == 1000
     data = ModelCardData(
@@ -98,7 +119,7 @@ def pipeline_card(
         "",
         "## How to use",
         "",
-        _usage(repo_id),
+        _usage(load_from or json.dumps(repo_id), _example_labels(pipe), guidance_scale, remote_code),
     ]
     if sample_grid:
         lines += ["", "## Samples", "", f"![samples]({sample_grid})"]

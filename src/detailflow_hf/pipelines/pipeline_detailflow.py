@@ -42,7 +42,8 @@ class DetailFlowPipeline(DiffusionPipeline):
     Components:
         vqvae ([`DetailFlowTokenizer`]): decodes any token prefix to the resolution it maps to.
         transformer ([`DetailFlowForImageGeneration`]): predicts the token ids, one group at a time.
-        id2label (`dict[int, str]`, *optional*): class names (comma-separated synonyms per id); default:
+        id2label (`dict[int, str]`, *optional*): class names (comma-separated synonyms per id; the string keys
+            of `model_index.json` are accepted); default:
             the generator config's `id2label` when it names every class, else ImageNet-1k for 1000
             classes, else ids only.
     """
@@ -50,7 +51,7 @@ class DetailFlowPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "transformer->vqvae"
     _callback_tensor_inputs = ["tokens"]
 
-    def __init__(self, vqvae, transformer, id2label: dict[int, str] | None = None):
+    def __init__(self, vqvae, transformer, id2label: dict | None = None):
         super().__init__()
         self.register_modules(vqvae=vqvae, transformer=transformer)
         if id2label is not None:

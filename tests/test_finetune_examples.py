@@ -4,6 +4,8 @@ and do what they claim (asserted on weights and logits)."""
 import pytest
 import torch
 
+import detailflow_hf
+
 from detailflow_hf import DetailFlowForImageGeneration, DetailFlowPipeline, DetailFlowTokenizer
 from detailflow_hf.finetuning import load_adapter, set_classes
 from tests.image_folder import CLASSES, load_example, write_image_folder
@@ -71,6 +73,20 @@ def test_add_classes_keeps_old_rows_and_moves_the_null_class_last(converted_dir,
     after.set_progress_bar_config(disable=True)
     ids = after(class_labels=["square", 3], generator=torch.Generator().manual_seed(0), output_type="np").token_ids
     assert ids.shape == (2, 32)
+
+
+@pytest.mark.skipif(detailflow_hf.DEFAULT_MODEL is None, reason="no embedded model")
+def test_add_classes_starts_from_the_embedded_model_without_model_flag(images, tmp_path):
+    out = tmp_path / "emoji_plus"
+    assert load_example("add_classes").main([
+        "--train_data_dir", str(images), "--output_dir", str(out), "--max_train_steps", "2", "--train_batch_size", "3",
+    ]) == 0
+    before = DetailFlowPipeline.from_pretrained(detailflow_hf.DEFAULT_MODEL)
+    after = DetailFlowPipeline.from_pretrained(out)
+    assert after.transformer.config.num_classes == 12  # the 9 emoji groups + 3 shapes
+    old, new = before.transformer.model.class_embedding.weight, after.transformer.model.class_embedding.weight
+    torch.testing.assert_close(new[:9], old[:9], rtol=0, atol=0)
+    assert after.get_label_ids(["Smileys & Emotion", "square"]) == [6, 10]
 
 
 def test_set_classes_replaces_the_label_set():

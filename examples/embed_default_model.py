@@ -47,8 +47,11 @@ def main(argv=None):
         description=(
             "DetailFlow-tiny, the model embedded in `detailflow_hf` (`detailflow_hf.DEFAULT_MODEL`): trained from scratch "
             "by this package's own training scripts (`examples/train_default_model.sh`, about an hour on a 2-core CPU) "
-            "on the Noto Color Emoji font rendered at 32 px, labelled by the 9 Unicode emoji groups. It exists so that the "
-            "CLI, the quick start and the Space run offline; it is not ImageNet-quality."
+            "on the Noto Color Emoji font rendered at 32 px, labelled by the 9 Unicode emoji groups: the tokenizer "
+            "(`examples/configs/emoji_tokenizer.yaml`: MSE + VQ losses, dead-code restarts, batch 16), then its decoder "
+            "alone with the lr annealed to 0 (`examples/finetune_tokenizer_decoder.py`), then the generator on the codes "
+            "(`examples/configs/emoji_generator.yaml`). It exists so that the CLI, the quick start and the Space run "
+            "offline; it is not ImageNet-quality."
         ),
         results={
             "tokenizer PSNR, all tokens (held-out)": f"{psnr[max(psnr, key=int)]} dB",

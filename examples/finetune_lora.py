@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     run_training(
         accelerator, model, optimizer, loader, args.max_train_steps,
         lambda batch: generator_loss(model, encode_images(pipe.vqvae, batch["pixel_values"]), batch["label"], group_size),
+        lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
     )
     if accelerator.is_main_process:
         output = Path(args.output_dir)

@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     run_training(
         accelerator, vqvae, optimizer, loader, args.max_train_steps,
         lambda batch: decoder_loss(vqvae, schedule, batch["pixel_values"], args.degradation_prob, generator),
+        lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
     )
     if accelerator.is_main_process:
         accelerator.unwrap_model(vqvae).eval().save_pretrained(args.output_dir)

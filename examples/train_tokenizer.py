@@ -73,7 +73,7 @@ def main(argv=None):
         label_column=args.label_column, shuffle_buffer_size=args.shuffle_buffer_size,
     )
     loader = make_loader(stream, batch_size, args.dataloader_num_workers)
-    per_process = [loader, state.lecam]  # this rank's stream position and LeCam EMAs
+    per_process = [loader, *state.per_process_state()]  # this rank's stream position, LeCam EMAs, code usage
 
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """The fine-tuning examples run a few CPU steps on the tiny converted pipeline; their artifacts load
 and do what they claim (asserted on weights and logits)."""
 
+import math
+
 import pytest
 import torch
 
@@ -127,3 +129,29 @@ def test_decoder_finetuning_trains_only_the_decoder(converted_dir, images, tmp_p
         mse_before = torch.nn.functional.mse_loss(before(pixels).sample, pixels).item()
         mse_after = torch.nn.functional.mse_loss(after(pixels).sample, pixels).item()
     assert mse_after < 0.9 * mse_before
+
+
+COSINE_4 = [0.05 * (1 + math.cos(math.pi * s / 4)) for s in range(5)]
+
+
+@pytest.mark.parametrize("schedule, warmup, expected", [
+    ("constant", 0, [0.1] * 5), ("cosine", 0, COSINE_4), ("linear", 2, [0.0, 0.05, 0.1, 0.05, 0.0]),
+])
+def test_run_training_follows_the_lr_schedule(schedule, warmup, expected):
+    """The lr of each of 4 steps, then after the last: the schedule spans exactly --max_train_steps."""
+    from accelerate import Accelerator
+
+    from detailflow_hf.finetuning import run_training
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+
+    def loss_fn(batch):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return model(batch).pow(2).mean()
+
+    loader = [torch.ones(1, 2)] * 3  # 3 steps a pass: the loop goes on into a second pass
+    run_training(Accelerator(cpu=True), model, optimizer, loader, 4, loss_fn, lr_scheduler=schedule, lr_warmup_steps=warmup)
+    seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx(expected, abs=1e-9)

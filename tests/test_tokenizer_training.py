@@ -236,7 +236,7 @@ def run_script(monkeypatch, argv):
 @pytest.mark.slow
 def test_script_resume_is_exact_and_export_loads(tmp_path, image_dir, monkeypatch):
     config = tmp_path / "tiny_gan.yaml"
-    config.write_text("preset: tiny\nlosses:\n  disc_start: 2\n  perceptual_warmup: 2\n")
+    config.write_text("preset: tiny\ndead_code_restart_steps: 2\nlosses:\n  disc_start: 2\n  perceptual_warmup: 2\n")
     common = ["--config", str(config), "--train_data_dir", str(image_dir), "--max_train_steps", "6",
               "--train_batch_size", "4", "--shuffle_buffer_size", "8", "--logging_steps", "1",
               "--checkpointing_steps", "3", "--report_to", "none", "--seed", "7"]
@@ -251,6 +251,9 @@ def test_script_resume_is_exact_and_export_loads(tmp_path, image_dir, monkeypatc
         resumed[step].pop("images_per_second"), straight[step].pop("images_per_second")
         assert resumed[step] == straight[step], step
     assert "g_adv_loss" in straight[6] and "d_consistency" in straight[6]
+    # 16 tokens x 4 images cannot use all 64 codes: every second step re-seeds some (usage is checkpointed)
+    assert [straight[s]["restarted_codes"] for s in (1, 3, 5)] == [0, 0, 0]
+    assert all(straight[s]["restarted_codes"] > 0 for s in (2, 4, 6))
 
     a, b = tmp_path / "a" / "checkpoints" / "checkpoint-6", tmp_path / "b" / "checkpoints" / "checkpoint-6"
     for name in ("model.safetensors", "model_1.safetensors"):
@@ -266,3 +269,50 @@ def test_script_resume_is_exact_and_export_loads(tmp_path, image_dir, monkeypatc
     assert out.token_ids.shape == (2, 16) and exported.decode(out.token_ids).sample.shape == (2, 3, 32, 32)
     samples = sorted((tmp_path / "a" / "samples").glob("*.png"))
     assert samples and Image.open(samples[-1]).size == (5 * 32, 4 * 32)
+
+
+# -- dead-code restarts ----------------------------------------------------------------------------------
+
+class TwoRankAccelerator:
+    """Stands in for rank 0 of two processes: the other rank used `other_usage` and encoded `other_latents`."""
+
+    def __init__(self, other_usage, other_latents):
+        self.other_usage, self.other_latents = other_usage, other_latents
+
+    def reduce(self, tensor, reduction="sum"):
+        assert reduction == "sum"
+        return tensor + self.other_usage
+
+    def gather(self, tensor):
+        return torch.cat([tensor, self.other_latents])
+
+
+def test_dead_code_restart_reseeds_only_codes_unused_on_every_rank():
+    from detailflow_hf.training.dead_codes import DeadCodeRestarter
+
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(12, 4)
+    optimizer = torch.optim.Adam(embedding.parameters(), lr=1e-2)
+    embedding.weight.sum().backward()
+    optimizer.step()  # Adam moments are non-zero everywhere
+    before = embedding.weight.detach().clone()
+    restarter = DeadCodeRestarter(12, every=5)
+    restarter.update(torch.tensor([[0, 1, 1], [2, 0, 1]]))
+    other_usage = torch.zeros(12, dtype=torch.long)
+    other_usage[[3, 4]] = 7
+    pre_quant = torch.randn(2, 3, 4) * 3
+    other_latents = F.normalize(torch.randn(6, 4), dim=-1)
+    accelerator = TwoRankAccelerator(other_usage, other_latents)
+
+    assert restarter.maybe_restart(4, pre_quant, embedding, optimizer, accelerator) == 0
+    assert torch.equal(embedding.weight, before) and restarter.usage.sum() == 6
+    assert restarter.maybe_restart(5, pre_quant, embedding, optimizer, accelerator) == 7  # codes 5..11
+    assert torch.equal(embedding.weight[:5], before[:5]) and restarter.usage.sum() == 0
+    candidates = torch.cat([F.normalize(pre_quant.flatten(0, 1), dim=-1), other_latents])
+    distance = torch.cdist(embedding.weight[5:].detach(), candidates).min(dim=1).values
+    assert distance.max() < 0.1 and distance.min() > 0  # a picked latent plus noise
+    moments = optimizer.state[embedding.weight]
+    for name in ("exp_avg", "exp_avg_sq"):
+        assert moments[name][5:].abs().sum() == 0 and moments[name][:5].abs().min() > 0
+    with pytest.raises(ValueError, match="every=0"):
+        DeadCodeRestarter(12, every=0)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers.optimization import SchedulerType, get_scheduler
 from torch import nn
 
 GENERATOR_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -45,7 +46,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
 def add_finetune_args(parser, model_help: str, data_help: str, learning_rate: float):
     """The flags every fine-tuning example shares (`--model`, `--train_data_dir`, `--output_dir`,
-    `--learning_rate`, `--train_batch_size`, `--max_train_steps`, `--seed`, `--mixed_precision`).
+    `--learning_rate`, `--lr_scheduler`, `--lr_warmup_steps`, `--train_batch_size`, `--max_train_steps`,
+    `--seed`, `--mixed_precision`).
     `--model` defaults to the embedded emoji model (`detailflow_hf.DEFAULT_MODEL`) where it is installed."""
     from . import DEFAULT_MODEL
 
@@ -54,6 +56,9 @@ def add_finetune_args(parser, model_help: str, data_help: str, learning_rate: fl
     parser.add_argument("--train_data_dir", required=True, help=data_help)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--learning_rate", type=float, default=learning_rate)
+    parser.add_argument("--lr_scheduler", choices=[s.value for s in SchedulerType], default="constant",
+                        help="diffusers schedule over --max_train_steps (e.g. cosine: decays to 0)")
+    parser.add_argument("--lr_warmup_steps", type=int, default=0)
     parser.add_argument("--train_batch_size", type=int, default=8)
     parser.add_argument("--max_train_steps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -61,9 +66,13 @@ def add_finetune_args(parser, model_help: str, data_help: str, learning_rate: fl
     return parser
 
 
-def run_training(accelerator, model, optimizer, loader, max_steps: int, loss_fn, log_every: int = 50) -> float:
+def run_training(accelerator, model, optimizer, loader, max_steps: int, loss_fn, log_every: int = 50,
+                 lr_scheduler: str = "constant", lr_warmup_steps: int = 0) -> float:
     """The examples' shared loop: `loss_fn(batch)` -> backward -> step, over `loader` until `max_steps`
-    optimizer steps; prints the loss every `log_every` steps on the main process. Returns the last loss."""
+    optimizer steps, the lr following the diffusers schedule `lr_scheduler` (stepped once per optimizer
+    step, on every process alike); prints the loss every `log_every` steps on the main process.
+    Returns the last loss."""
+    schedule = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=lr_warmup_steps, num_training_steps=max_steps)
     model.train()
     step, loss = 0, None
     while step < max_steps:
@@ -72,6 +81,7 @@ def run_training(accelerator, model, optimizer, loader, max_steps: int, loss_fn,
                 loss = loss_fn(batch)
             accelerator.backward(loss)
             optimizer.step()
+            schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if accelerator.is_main_process and (step % log_every == 0 or step == max_steps):

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..models.tokenizer import RELEASED_DECODER, RELEASED_ENCODER, DetailFlowTokenizer
 from .arguments import load_preset
+from .dead_codes import DeadCodeRestarter
 from .degradation import degrade
 from .discriminator import DINO_MODEL_ID, DinoDiscriminator, LeCamEMA, use_sync_batchnorm
 from .perceptual import VGG16_STAGES, PerceptualLoss
@@ -63,6 +64,8 @@ class TokenizerTrainingConfig:
         betas, warmup_lr, min_lr_ratio, max_grad_norm: Adam and the warm-up + cosine schedule.
         epoch_images, epochs, warmup_epochs: the schedule's length in images (an epoch = `epoch_images`).
         degradation_prob, self_correction, noise_top_k: 6.1.2 and 6.1.4.
+        dead_code_restart_steps: every this many steps, re-seed the codes no clean token picked since the
+            last restart from the batch's encoder outputs (`DeadCodeRestarter`); 0 = never (the original).
         losses: loss weights and start steps.
     """
 
@@ -87,6 +90,7 @@ class TokenizerTrainingConfig:
     degradation_prob: float = 0.2
     self_correction: bool = True
     noise_top_k: int = 50
+    dead_code_restart_steps: int = 0
     losses: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
 
     def steps_per_epoch(self, global_batch_size: int) -> int:
@@ -174,11 +178,15 @@ class ReconstructionOutput:
         reconstruction: `(B', 3, r, r)`, `B' = 2B` with self-correction (`[clean; noisy]`), else `B`.
         codebook_loss: VQ + commitment, clean/noisy mixed (scalar).
         global_token: projected first clean token `(B, teacher_dim)`, or `None` without the teacher.
+        code_ids: clean token ids `(B, N)`.
+        pre_quant: clean `quant_conv` output `(B, N, d)` before quantization.
     """
 
     reconstruction: torch.Tensor
     codebook_loss: torch.Tensor
     global_token: torch.Tensor | None
+    code_ids: torch.LongTensor
+    pre_quant: torch.Tensor
 
 
 class TokenizerTrainingModel(nn.Module):
@@ -210,6 +218,7 @@ class TokenizerTrainingModel(nn.Module):
             cb_loss = cb_loss + 0.0 * (tok.refine_conv.weight.sum() + tok.refine_conv.bias.sum()
                                        + tok.encoder.refined_tokens.sum())
             decoded, first = quant, quant[:, 0]
+            code_ids, pre_quant = ids, latents
         else:
             out = noisy_encode(tok, pixel_values, noise_index, top_k=self.noise_top_k)
             clean = codebook_loss(out.clean_pre_quant, tok.quantize.lookup(out.clean_ids), self.commit_beta)
@@ -218,9 +227,10 @@ class TokenizerTrainingModel(nn.Module):
                                   start=out.noise_end)
             cb_loss = mix_codebook_losses(clean, noisy, out.clean_latents.shape[1], out.noise_end)
             decoded, first = torch.cat([out.clean_latents, out.noisy_latents]), out.clean_latents[:, 0]
+            code_ids, pre_quant = out.clean_ids, out.clean_pre_quant
         reconstruction = tok.decode(decoded, num_tokens=num_tokens, resolution=resolution).sample
         projected = self.global_token_proj(first) if self.global_token_proj is not None else None
-        return ReconstructionOutput(reconstruction, cb_loss, projected)
+        return ReconstructionOutput(reconstruction, cb_loss, projected, code_ids, pre_quant)
 
 
 def load_siglip2_encoder_weights(tokenizer: DetailFlowTokenizer, model_id: str) -> None:
@@ -328,6 +338,11 @@ class TokenizerTrainState:
     disc_optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     disc_schedule: torch.optim.lr_scheduler.LRScheduler
+    restarter: DeadCodeRestarter | None = None
+
+    def per_process_state(self) -> list:
+        """The states each process checkpoints on its own (LeCam EMAs, code usage counts)."""
+        return [self.lecam] + ([self.restarter] if self.restarter is not None else [])
 
 
 def train_step(state: TokenizerTrainState, images: torch.Tensor, step: int, accelerator) -> dict[str, float]:
@@ -361,6 +376,11 @@ def train_step(state: TokenizerTrainState, images: torch.Tensor, step: int, acce
 
     logs = {f"g_{k}" if k == "loss" else k: v.item() for k, v in gen.items()}
     logs.update(num_tokens=degraded.num_tokens, lr=lr)
+    if state.restarter is not None:
+        state.restarter.update(out.code_ids)
+        logs["restarted_codes"] = state.restarter.maybe_restart(
+            step, out.pre_quant, tokenizer.quantize.embedding, state.optimizer, accelerator
+        )
     if losses.disc_weight == 0:  # no GAN in this config: the discriminator is never updated
         return logs
     state.disc_optimizer.zero_grad(set_to_none=True)
@@ -408,6 +428,9 @@ def build_train_state(
     )
     accelerator.register_for_checkpointing(schedule, disc_schedule)
     device = accelerator.device
+    restarter = None
+    if config.dead_code_restart_steps:
+        restarter = DeadCodeRestarter(config.tokenizer["codebook_size"], config.dead_code_restart_steps).to(device)
     return TokenizerTrainState(
         config=config,
         model=model,
@@ -419,6 +442,7 @@ def build_train_state(
         disc_optimizer=disc_optimizer,
         schedule=schedule,
         disc_schedule=disc_schedule,
+        restarter=restarter,
     )
 
 

@@ -60,8 +60,8 @@ def main(argv=None):
             f"class accuracy of {results['num_samples']} generated images (chance {results['chance']})": results["generated_class_accuracy"],
             "Frechet distance, generated vs held-out (classifier features)": results["frechet_distance_generated_vs_heldout"],
             "Frechet distance, train vs held-out (classifier features)": results["frechet_distance_train_vs_heldout"],
-            "sampling": f"guidance_scale={results['guidance_scale']}, top_k={results.get('top_k', 0)}, "
-                        f"temperature={results.get('temperature', 1.0)}",
+            "sampling": f"guidance_scale={results['guidance_scale']}, top_k={results['top_k']}, "
+                        f"temperature={results['temperature']}",
         },
     )
     card.save(TARGET / "README.md")

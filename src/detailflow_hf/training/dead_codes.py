@@ -51,12 +51,12 @@ class DeadCodeRestarter(nn.Module):
         if dead.numel() == 0:
             return 0
         latents = accelerator.gather(F.normalize(pre_quant.detach().float(), dim=-1).flatten(0, -2).contiguous())
-        generator = torch.Generator().manual_seed(step)
+        generator = torch.Generator().manual_seed(step)  # CPU draws: the same picks on every device
         picks = torch.randint(latents.shape[0], (dead.numel(),), generator=generator)
         noise = torch.randn(dead.numel(), latents.shape[-1], generator=generator) * self.noise_std
-        rows = (latents.cpu()[picks] + noise).to(embedding.weight)
-        embedding.weight[dead.to(embedding.weight.device)] = rows
-        for moment in optimizer.state.get(embedding.weight, {}).values():
-            if moment.dim() and moment.shape[0] == embedding.weight.shape[0]:
-                moment[dead.to(moment.device)] = 0
+        weight, dead = embedding.weight, dead.to(embedding.weight.device)
+        weight[dead] = (latents[picks.to(latents.device)] + noise.to(latents.device)).to(weight.dtype)
+        for moment in optimizer.state.get(weight, {}).values():
+            if moment.dim() and moment.shape[0] == weight.shape[0]:
+                moment[dead] = 0
         return dead.numel()

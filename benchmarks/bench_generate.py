@@ -86,7 +86,7 @@ def median_time(fn, device: str, repeats: int) -> tuple[float, int]:
 
 def bare_cached_passes(model: DetailFlowForImageGeneration, labels: torch.LongTensor, codes: torch.LongTensor):
     """The fast path's forward passes on fixed codes: no guidance, no sampling, no callback."""
-    steps = model._prefix_lengths(None)
+    steps = model.prefix_lengths()
     stepper = CachedStepper(model, labels, steps[-1], compile=False)
     stepper.cache = DynamicCache(config=model.config)
     done = 0

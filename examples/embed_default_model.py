@@ -20,28 +20,13 @@ from detailflow_hf.hub import pipeline_card
 TARGET = Path(__file__).resolve().parents[1] / "src" / "detailflow_hf" / "default_model"
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--results", required=True, help="examples/eval_default_model.py output (a PNG grid beside it)")
-    parser.add_argument("--data_dir", required=True, help="the emoji dataset (for the group names)")
-    args = parser.parse_args(argv)
-
-    pipe = DetailFlowPipeline.from_pretrained(args.pipeline)
-    groups = json.loads((Path(args.data_dir) / "dataset_info.json").read_text())["classes"]
-    id2label = {i: f"{groups[slug]}, {slug}" for i, slug in pipe.id2label.items()}
-    embedded = DetailFlowPipeline(vqvae=pipe.vqvae, transformer=pipe.transformer, id2label=id2label)
-    if TARGET.exists():
-        shutil.rmtree(TARGET)
-    embedded.save_pretrained(TARGET)
-    results = json.loads(Path(args.results).read_text())
-    shutil.copy(Path(args.results).with_suffix(".png"), TARGET / "samples.png")
+def write_card(embedded: DetailFlowPipeline, results: dict):
+    """The embedded model's card (README.md), from the eval's `results` (its sampling is the model's own)."""
     psnr = results["tokenizer_psnr_db_per_num_tokens"]
     card = pipeline_card(
         embedded,
         "detailflow-hf/detailflow-tiny-emoji",
         sample_grid="samples.png",
-        guidance_scale=results["guidance_scale"],
         load_from="detailflow_hf.DEFAULT_MODEL",
         remote_code=False,
         description=(
@@ -65,6 +50,25 @@ def main(argv=None):
         },
     )
     card.save(TARGET / "README.md")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", required=True)
+    parser.add_argument("--results", required=True, help="examples/eval_default_model.py output (a PNG grid beside it)")
+    parser.add_argument("--data_dir", required=True, help="the emoji dataset (for the group names)")
+    args = parser.parse_args(argv)
+
+    pipe = DetailFlowPipeline.from_pretrained(args.pipeline)
+    groups = json.loads((Path(args.data_dir) / "dataset_info.json").read_text())["classes"]
+    id2label = {i: f"{groups[slug]}, {slug}" for i, slug in pipe.id2label.items()}
+    embedded = DetailFlowPipeline(vqvae=pipe.vqvae, transformer=pipe.transformer, id2label=id2label)
+    if TARGET.exists():
+        shutil.rmtree(TARGET)
+    embedded.save_pretrained(TARGET)
+    results = json.loads(Path(args.results).read_text())
+    shutil.copy(Path(args.results).with_suffix(".png"), TARGET / "samples.png")
+    write_card(embedded, results)
     (TARGET / "results.json").write_text(json.dumps(results, indent=1))
     size = sum(p.stat().st_size for p in TARGET.rglob("*") if p.is_file())
     print(f"embedded {TARGET} ({size / 2**20:.1f} MiB)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from detailflow_hf import DetailFlowPipeline
+from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.evaluation.fid import FeatureStatistics, frechet_distance
 from detailflow_hf.metrics import psnr_per_detail_level
 from detailflow_hf.pipelines.utils import image_grid
@@ -94,9 +96,7 @@ def main(argv=None):
     parser.add_argument("--data_dir", required=True, help="output of examples/build_emoji_dataset.py (train/, heldout/)")
     parser.add_argument("--output", required=True, help="results JSON; a sample grid PNG is written beside it")
     parser.add_argument("--num_samples", type=int, default=200)
-    parser.add_argument("--guidance_scale", type=float, default=2.0)
-    parser.add_argument("--top_k", type=int, default=0, help="sampling top-k (0: the full distribution)")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    add_sampling_args(parser)
     parser.add_argument("--classifier_epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -115,7 +115,7 @@ def main(argv=None):
 
     labels = [i % len(class_names) for i in range(args.num_samples)]
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_samples)]
-    sampling = dict(guidance_scale=args.guidance_scale, top_k=args.top_k, temperature=args.temperature)
+    sampling = asdict(pipe.sampling_params(**sampling_arguments(args)))  # recorded with the results
     generated = pipe(class_labels=labels, generator=generators, output_type="pt", **sampling).images
     gen_pred, gen_features = classify(classifier, generated * 2 - 1)
 

@@ -27,6 +27,7 @@ import torch
 from accelerate import Accelerator
 
 from detailflow_hf import DetailFlowPipeline
+from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.finetuning import (
     ImageFolderDataset,
     add_finetune_args,
@@ -46,7 +47,7 @@ def parse_args(argv=None):
     add_finetune_args(parser, "base pipeline folder or Hub repo id", "imagefolder or parquet folder with labels", learning_rate=1e-4)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
-    parser.add_argument("--guidance_scale", type=float, default=1.5, help="for the sample grid")
+    add_sampling_args(parser, default="the base model's")  # for the sample grid
     return parser.parse_args(argv)
 
 
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
         merged.save_pretrained(output / "merged")
         merged.set_progress_bar_config(disable=True)
         generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(data.class_names))]
-        images = merged(class_labels=data.class_names, guidance_scale=args.guidance_scale, generator=generators).images
+        images = merged(class_labels=data.class_names, generator=generators, **sampling_arguments(args)).images
         image_grid(images, columns=len(images)).save(output / "samples.png")
         print(f"wrote {adapter} and {output / 'merged'}")
     return 0

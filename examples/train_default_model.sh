@@ -14,6 +14,6 @@ python examples/finetune_tokenizer_decoder.py --model "$OUT/tokenizer_stage1" --
     --output_dir "$OUT/tokenizer" --max_train_steps 1000 --train_batch_size 16 --learning_rate 2e-4 --lr_scheduler cosine
 python examples/extract_codes.py --tokenizer "$OUT/tokenizer" --train_data_dir "$DATA/train" --output_dir "$OUT/codes" --ten_crop --seed 0
 python examples/train_generator.py --config examples/configs/emoji_generator.yaml --tokenizer "$OUT/tokenizer" \
-    --codes_dir "$OUT/codes" --output_dir "$OUT/pipeline" --seed 0 --report_to none
+    --codes_dir "$OUT/codes" --output_dir "$OUT/pipeline" --seed 0 --report_to none --guidance_scale 2.0
 python examples/eval_default_model.py --model "$OUT/pipeline" --data_dir "$DATA" --output "$OUT/results.json"
 python examples/embed_default_model.py --pipeline "$OUT/pipeline" --results "$OUT/results.json" --data_dir "$DATA"

@@ -20,6 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from detailflow_hf import DetailFlowPipeline, DetailFlowTokenizer
+from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
+from detailflow_hf.models.sampling import SamplingParams
 from detailflow_hf.training.arguments import add_common_args, check_common_args, load_preset, make_accelerator
 from detailflow_hf.training.checkpointing import (
     EMA,
@@ -63,7 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_grad_norm", type=float, default=None, help="default: preset (1.0)")
     parser.add_argument("--correction_prob", type=float, default=None, help="default: preset (0.3)")
     parser.add_argument("--sample_steps", type=int, default=None, help="sample images every N steps (default: preset)")
-    parser.add_argument("--guidance_scale", type=float, default=1.5, help="for the sample images")
+    # The sampling the exported model's generation_config.json holds (and the sample images use).
+    add_sampling_args(parser, default="the original sampler's (guidance 1.5, full distribution)")
     return parser.parse_args(argv)
 
 
@@ -87,7 +90,7 @@ def log_samples(accelerator, tokenizer, model, ema, step: int, args, num_classes
 
     def draw():
         model.eval()
-        images["pt"] = pipe(labels, guidance_scale=args.guidance_scale, generator=generator, output_type="pt").images
+        images["pt"] = pipe(labels, generator=generator, output_type="pt").images  # the model's generation config
         model.train()
 
     export_with_ema(ema, model, draw)
@@ -113,6 +116,7 @@ def main(argv=None) -> TrainSummary:
     check_codes_match_tokenizer(info, tokenizer)
 
     model = build_generator(preset, vars(info), info.class_names)
+    model.generation_config = SamplingParams.resolve(None, **sampling_arguments(args)).to_generation_config()
     optimizer = make_optimizer(model, preset, preset.learning_rate)
     scheduler = make_scheduler(optimizer, preset.max_train_steps, preset.warmup_fraction)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -62,8 +62,8 @@ class Demo:
             class_id = self.pipe.get_label_ids(str(class_label).strip())[0]
             num_tokens = int(num_tokens) if num_tokens not in (None, "") else self.steps[-1]
             seed = int(seed)
-            guidance_scale = float(guidance_scale)
-            self.pipe.check_inputs([class_id], guidance_scale, num_tokens, 1, None, "pil", None)
+            guidance_scale = float(guidance_scale) if guidance_scale not in (None, "") else None  # None: the model's
+            self.pipe.check_inputs([class_id], num_tokens, 1, None, "pil", None, guidance_scale=guidance_scale)
         except (ValueError, TypeError) as error:
             raise gr.Error(str(error)) from error
         generator = torch.Generator(self.pipe.transformer.device).manual_seed(seed)
@@ -116,7 +116,8 @@ def build_demo(pipe: DetailFlowPipeline | None = None) -> gr.Blocks:
                     demo_state.class_choices(), value=demo_state.class_choices()[0], label="Class",
                     filterable=True, allow_custom_value=True, elem_id="class-label",
                 )
-                guidance = gr.Slider(1.0, 5.0, value=1.5, step=0.05, label="Guidance scale")
+                model_guidance = demo_state.pipe.sampling_params().guidance_scale  # the slider starts at the model's
+                guidance = gr.Slider(1.0, max(5.0, model_guidance), value=model_guidance, step=0.01, label="Guidance scale")
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 detail = gr.Dropdown(demo_state.detail_choices(), value=demo_state.steps[-1], label="Detail level")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")

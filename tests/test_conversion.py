@@ -108,7 +108,7 @@ def test_vocabulary_mismatch(fixture_dir, architecture, tmp_path):
         data[key]["tok_embeddings.weight"] = data[key]["tok_embeddings.weight"][:100]
         data[key]["output.weight"] = data[key]["output.weight"][:100]
     torch.save(data, ckpt)
-    with pytest.raises(ConversionError, match="vocabulary size is 128 in the tokenizer but 100 in the generator"):
+    with pytest.raises(ValueError, match="vocabulary size is 128 in the tokenizer but 100 in the generator"):
         convert_release(fixture_dir / "tokenizer", root, tokenizer_architecture=architecture)
 
 

@@ -31,7 +31,7 @@ def test_cached_logits_equal_full_forward(gpt, expected):
     full = gpt(z[:, :28], labels).logits  # 32 positions
     stepper = CachedStepper(gpt, labels, 32, compile=False)
     pieces, done = [], 0
-    for length in gpt._prefix_lengths(None):
+    for length in gpt.prefix_lengths():
         pieces.append(stepper(z[:, :done], length - done))
         done = length
     assert (torch.cat(pieces, dim=1) - full).abs().max() < 1e-5
@@ -85,4 +85,9 @@ def test_compiled_static_cache_path(gpt, expected):
     second = gpt.generate(labels, top_k=1, compile=True, gradual_guidance=True, guidance_scale=3.0)
     assert torch.equal(first, expected["ar.greedy.cfg1.5"])
     assert torch.equal(second, expected["ar.greedy.cfg3.0_gradual"])
+    # a callback that replaces the prefix: the static cache is refilled (eagerly) and decoding goes on compiled
+    donor = gpt.generate(labels.flip(0), top_k=1)
+    graft = lambda step, tokens: donor[:, :8].clone() if tokens.shape[1] == 8 else None  # noqa: E731
+    grafted = gpt.generate(labels, top_k=1, compile=True, callback=graft)
+    assert torch.equal(grafted, gpt.generate(labels, top_k=1, callback=graft, use_cache=False))
     assert len(gpt._compiled_decoding) == 1

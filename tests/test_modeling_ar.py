@@ -89,7 +89,7 @@ def test_fresh_model_follows_the_original_init():
         (lambda m: m.generate([0, 10]), r"class id 10 is out of range; expected 0 <= id < 10\."),
         (lambda m: m.generate([-1]), r"class id -1 is out of range"),
         (lambda m: m.generate([1], guidance_scale=0.5), r"guidance_scale=0.5 is not supported"),
-        (lambda m: m.generate([1], top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"),
+        (lambda m: m.generate([1], top_p=0.0), r"top_p=0.0 must be a number in \(0, 1\]"),
         (lambda m: m(torch.zeros(1, 4, dtype=torch.long), [11]), r"class id 11 is out of range"),
         (lambda m: m(torch.full((1, 4), 128), [1]), r"expected ids in \[0, 128\)"),
         (lambda m: m(torch.zeros(1, 30, dtype=torch.long), [1]), r"L <= 29"),

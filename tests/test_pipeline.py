@@ -75,7 +75,7 @@ def test_callback_sees_every_step(pipe):
     [
         ({"output_type": "jpg"}, r"output_type='jpg' is not supported; expected one of \['pil', 'np', 'pt'\]"),
         ({"num_tokens": 5}, r"num_tokens=5 is not a valid prefix length; expected one of \[1, 2, 3, 4, 8, 12"),
-        ({"guidance_scale": 0.5}, r"guidance_scale=0.5 is not supported; expected a value >= 1"),
+        ({"guidance_scale": 0.5}, r"guidance_scale=0.5 is not supported; expected a finite number >= 1"),
         ({"class_labels": [10]}, r"class id 10 is out of range; expected 0 <= id < 10 \(id 10 is the internal null class"),
         ({"class_labels": [-1]}, r"class id -1 is out of range"),
         ({"class_labels": []}, r"class_labels is empty"),

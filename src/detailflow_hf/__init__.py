@@ -13,7 +13,7 @@ from .schedule import ResolutionSchedule
 AutoConfig.register("detailflow_ar", DetailFlowARConfig, exist_ok=True)
 AutoModel.register(DetailFlowARConfig, DetailFlowForImageGeneration, exist_ok=True)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EMBEDDED = Path(__file__).resolve().parent / "default_model"
 # A pipeline folder shipped inside the package (None until one is embedded).

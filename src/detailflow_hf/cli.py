@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .evaluation.arguments import add_sampling_args, sampling_arguments
+
 
 class UsageError(ValueError):
     """A mistake in the command line, reported in one line."""
@@ -36,12 +38,9 @@ def _add_generate(subparsers):
     p.add_argument("--model", help="pipeline folder or Hub repo id (default: the embedded model)")
     p.add_argument("--class", dest="classes", action="append", required=True, metavar="NAME_OR_ID", help="class name or id (repeatable)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance-scale", type=float, default=1.5)
     p.add_argument("--num-tokens", type=int, help="detail level: a trained prefix length (default: all tokens)")
     p.add_argument("--num-images", type=int, default=1, help="images per class")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--temperature", type=float, default=1.0)
+    add_sampling_args(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", required=True, help="FILE.png (a grid) or a directory (one file per image)")
     p.add_argument("--progressive", action="store_true", help="also save the coarse-to-fine strip of every image")
@@ -64,13 +63,10 @@ def _generate(args) -> int:
     out = pipe(
         class_labels=class_ids,
         num_images_per_prompt=args.num_images,
-        guidance_scale=args.guidance_scale,
         num_tokens=args.num_tokens,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        temperature=args.temperature,
         generator=generators,
         return_intermediates=args.progressive,
+        **sampling_arguments(args),
     )
     output = Path(args.output)
     names = [pipe.labels.name(c).replace(" ", "_").replace("/", "_") for c in class_ids for _ in range(args.num_images)]
@@ -111,6 +107,7 @@ def _add_convert(subparsers):
     p.add_argument("--generator-checkpoint", help="checkpoint file name under checkpoints/ (default: newest)")
     p.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True, help="generator EMA weights (default)")
     p.add_argument("--with-code", action="store_true", help="also write the code, so stock diffusers can load it")
+    add_sampling_args(p, default="the release's evaluation setting for its token count")
     p.set_defaults(func=_convert)
 
 
@@ -128,6 +125,7 @@ def _convert(args) -> int:
         use_ema=args.use_ema,
         tokenizer_checkpoint=args.tokenizer_checkpoint,
         generator_checkpoint=args.generator_checkpoint,
+        sampling=sampling_arguments(args),
     )
     if args.with_code:
         from .hub import save_with_code

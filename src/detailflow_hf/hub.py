@@ -38,6 +38,7 @@ CODE_MODEL_INDEX = {
 
 # -- cards ------------------------------------------------------------------------------------------
 def _usage(source: str, class_labels: str, guidance_scale: float, remote_code: bool) -> str:
+    """The card's snippet; it shows the model's own guidance (what a call without the argument uses)."""
     imports = "import detailflow_hf\n" if source.startswith("detailflow_hf.") else ""
     usage = f"""```python
 import torch
@@ -70,6 +71,16 @@ def _example_labels(pipe) -> str:
     return repr(list(range(min(2, num_classes))))
 
 
+def _sampling_summary(sampling) -> str:
+    """One line of a card: the generation defaults a call without arguments uses."""
+    if not sampling.do_sample:
+        draws = "greedy"
+    else:
+        draws = f"temperature {sampling.temperature}, top-k {sampling.top_k or 'off'}, top-p {sampling.top_p}"
+    gradual = ", decreasing over the groups" if sampling.gradual_guidance else ""
+    return f"guidance {sampling.guidance_scale}{gradual}; {draws}"
+
+
 def _card(data: ModelCardData, title: str, body: str) -> ModelCard:
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{body.strip()}\n")
 
@@ -83,17 +94,17 @@ def pipeline_card(
     sample_grid: str | None = None,
     results: dict[str, str] | None = None,
     description: str | None = None,
-    guidance_scale: float = 1.5,
     load_from: str | None = None,
     remote_code: bool = True,
 ) -> ModelCard:
     """A model card for a `DetailFlowPipeline` folder: metadata, architecture, usage, optional sample grid and results.
 
     The usage example names two of the model's own classes (ImageNet's when it has no `id2label`)
-    at `guidance_scale`; `load_from` is the Python expression it loads from (default: the quoted
+    at the guidance of the generator's `generation_config`; `load_from` is the Python expression it loads from (default: the quoted
     `repo_id`); `remote_code` adds the stock-diffusers snippet, for folders saved with their code.
     """
     vq, gpt = pipe.vqvae.config, pipe.transformer.config
+    sampling = pipe.sampling_params()
     imagenet = gpt.num_classes == 1000
     data = ModelCardData(
         library_name="diffusers",
@@ -116,10 +127,11 @@ def pipeline_card(
         f"| tokens per image | {vq.num_latent_tokens} ({steps} decoding steps: {pipe.vqvae.schedule.causal_num} one by one, then groups of {vq.group_size}) |",
         f"| codebook | {vq.codebook_size} x {vq.codebook_embed_dim} |",
         f"| generator | {gpt.num_hidden_layers} layers, width {gpt.hidden_size}, {gpt.num_attention_heads} heads, {gpt.num_classes} classes |",
+        f"| sampling defaults (`generation_config.json`) | {_sampling_summary(sampling)} |",
         "",
         "## How to use",
         "",
-        _usage(load_from or json.dumps(repo_id), _example_labels(pipe), guidance_scale, remote_code),
+        _usage(load_from or json.dumps(repo_id), _example_labels(pipe), sampling.guidance_scale, remote_code),
     ]
     if sample_grid:
         lines += ["", "## Samples", "", f"![samples]({sample_grid})"]
@@ -157,7 +169,7 @@ def generator_card(model, repo_id: str = "your-name/detailflow-generator", *, li
 from detailflow_hf import DetailFlowForImageGeneration
 
 gpt = DetailFlowForImageGeneration.from_pretrained("{repo_id}")
-ids = gpt.generate([207], guidance_scale=1.5)  # (1, {model.config.num_tokens}) token ids
+ids = gpt.generate([207])  # (1, {model.config.num_tokens}) token ids; guidance {model.sampling_params().guidance_scale} by default
 ```"""
     return _card(data, repo_id.split("/")[-1], body)
 

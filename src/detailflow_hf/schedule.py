@@ -11,9 +11,38 @@ import math
 from dataclasses import dataclass, field
 
 
-def prefix_lengths(num_tokens: int, group_size: int, causal_num: int) -> tuple[int, ...]:
-    """Token counts reached after each decoding step: `1, 2, .., c`, then one group at a time."""
-    return tuple(range(1, causal_num + 1)) + tuple(range(causal_num + group_size, num_tokens + 1, group_size))
+def check_group_layout(num_tokens: int, group_size: int, causal_num: int) -> None:
+    """The one rule on `(N, g, c)`: `g` divides `N`, and the causal prefix `c` is a positive multiple
+    of `g` that ends at least one group before the end (`c <= N - g`).
+
+    The last condition comes from training: the generator is fed the first `N - g` codes and must
+    return `N` logits, which only happens once those codes reach past the causal prefix (the `g - 1`
+    special tokens are inserted after `c` codes). A release with `c > N - g` could not have been trained.
+    """
+    n, g, c = num_tokens, group_size, causal_num
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, g, c)):
+        raise ValueError(f"num_tokens, group_size and causal_num must be integers, got {n!r}, {g!r}, {c!r}.")
+    if g <= 0 or n <= 0 or n % g:
+        raise ValueError(f"num_tokens ({n}) must be a positive multiple of group_size ({g}).")
+    if c <= 0 or c % g or c > n - g:
+        raise ValueError(
+            f"causal_num ({c}) must be a positive multiple of group_size ({g}) and at most "
+            f"num_tokens - group_size ({n - g})."
+        )
+
+
+def prefix_lengths(num_tokens: int, group_size: int, causal_num: int, stop: int | None = None) -> tuple[int, ...]:
+    """Token counts reached after each decoding step: `1, 2, .., c`, then one group at a time.
+
+    With `stop`, only the lengths up to `stop`, which must itself be one of them.
+    """
+    check_group_layout(num_tokens, group_size, causal_num)
+    lengths = tuple(range(1, causal_num + 1)) + tuple(range(causal_num + group_size, num_tokens + 1, group_size))
+    if stop is None:
+        return lengths
+    if not isinstance(stop, int) or isinstance(stop, bool) or stop not in lengths:
+        raise ValueError(f"num_tokens={stop!r} is not a valid prefix length; expected one of {list(lengths)}.")
+    return lengths[: lengths.index(stop) + 1]
 
 
 @dataclass(frozen=True)
@@ -46,11 +75,7 @@ class ResolutionSchedule:
     token_list: tuple[int, ...] = field(init=False)
 
     def __post_init__(self):
-        n, g, c = self.num_tokens, self.group_size, self.causal_num
-        if n <= 0 or g <= 0 or n % g != 0:
-            raise ValueError(f"num_tokens ({n}) must be a positive multiple of group_size ({g}).")
-        if c <= 0 or c % g != 0 or c > n:
-            raise ValueError(f"causal_num ({c}) must be a positive multiple of group_size ({g}) and <= num_tokens ({n}).")
+        check_group_layout(self.num_tokens, self.group_size, self.causal_num)
         if self.encoder_patch_size > self.decoder_patch_size:
             raise ValueError(
                 f"encoder_patch_size ({self.encoder_patch_size}) must be <= decoder_patch_size ({self.decoder_patch_size})."
@@ -59,7 +84,7 @@ class ResolutionSchedule:
             raise ValueError(
                 f"max_image_size ({self.max_image_size}) must be a multiple of decoder_patch_size ({self.decoder_patch_size})."
             )
-        object.__setattr__(self, "token_list", prefix_lengths(n, g, c))
+        object.__setattr__(self, "token_list", prefix_lengths(self.num_tokens, self.group_size, self.causal_num))
 
     # -- per token count --------------------------------------------------------------------------
     def resolution(self, num_tokens: int) -> int:
@@ -84,13 +109,9 @@ class ResolutionSchedule:
     def encoder_resolution(self, num_tokens: int) -> int:
         return self.snap(self.resolution(num_tokens), self.encoder_patch_size)
 
-    def is_valid_prefix(self, num_tokens: int) -> bool:
-        return num_tokens in self.token_list
-
     def check_prefix(self, num_tokens: int) -> int:
         """Return ``num_tokens`` if it is a trained prefix length, else raise naming the valid ones."""
-        if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or num_tokens not in self.token_list:
-            raise ValueError(f"num_tokens={num_tokens!r} is not a valid prefix length; expected one of {list(self.token_list)}.")
+        prefix_lengths(self.num_tokens, self.group_size, self.causal_num, stop=num_tokens)
         return num_tokens
 
     def _check_count(self, num_tokens: int):

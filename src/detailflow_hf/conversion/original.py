@@ -24,6 +24,7 @@ import yaml
 
 from ..models.configuration_ar import DetailFlowARConfig
 from ..models.modeling_ar import DetailFlowForImageGeneration
+from ..models.sampling import SamplingParams
 from ..models.tokenizer import RELEASED_DECODER, RELEASED_ENCODER, VISION_KEYS, DetailFlowTokenizer
 
 logger = logging.getLogger(__name__)
@@ -309,18 +310,36 @@ def convert_generator_state_dict(state: dict[str, torch.Tensor], config: DetailF
     return converted
 
 
+# Guidance of the release's evaluation scripts, by token count (DetailFlow-16 / -32 / -64); the rest of
+# their sampling is the original sampler's default (full distribution, temperature 1, no gradual CFG).
+RELEASE_GUIDANCE = {128: 1.45, 256: 1.5, 512: 1.32}
+
+
+def release_sampling_params(num_tokens: int, **overrides) -> SamplingParams:
+    """The sampling the release is evaluated with at `num_tokens` tokens (other counts: the
+    original sampler's defaults); `overrides` that are not `None` win."""
+    guidance = RELEASE_GUIDANCE.get(num_tokens, SamplingParams.guidance_scale)
+    return SamplingParams.resolve(SamplingParams(guidance_scale=guidance).to_generation_config(), **overrides)
+
+
 def convert_generator(
     source: str | os.PathLike,
     checkpoint: str | None = None,
     use_ema: bool = True,
+    sampling: dict | None = None,
 ) -> DetailFlowForImageGeneration:
-    """Build a `DetailFlowForImageGeneration` from a release folder or Hub repo (EMA by default)."""
+    """Build a `DetailFlowForImageGeneration` from a release folder or Hub repo (EMA by default).
+
+    Its `generation_config` holds the release's evaluation sampling (`release_sampling_params`),
+    with the non-`None` entries of `sampling` (`guidance_scale`, `top_k`, ...) overriding them.
+    """
     root = resolve_source(source)
     ckpt = find_checkpoint(root, checkpoint)
     state = pick_state_dict(load_checkpoint(ckpt), ckpt, use_ema)
     config = generator_config(root, state, ckpt)
     model = DetailFlowForImageGeneration(config)
     _load_strict(model, convert_generator_state_dict(state, config), ckpt)
+    model.generation_config = release_sampling_params(config.num_tokens, **(sampling or {})).to_generation_config()
     return model.eval()
 
 
@@ -338,20 +357,6 @@ def _load_strict(model: torch.nn.Module, state: dict, ckpt: Path):
     model.load_state_dict(state, strict=True)
 
 
-def check_compatible(tokenizer: DetailFlowTokenizer, generator: DetailFlowForImageGeneration):
-    """The generator must predict the tokenizer's codes: same vocabulary, token count and grouping."""
-    t, g = tokenizer.config, generator.config
-    pairs = {
-        "vocabulary size": (t.codebook_size, g.vocab_size),
-        "number of tokens": (t.num_latent_tokens, g.num_tokens),
-        "group size": (t.group_size, g.group_size),
-        "causal_num": (tokenizer.schedule.causal_num, g.causal_num),
-    }
-    for name, (tok, gen) in pairs.items():
-        if tok != gen:
-            raise ConversionError(f"tokenizer/generator mismatch: {name} is {tok} in the tokenizer but {gen} in the generator.")
-
-
 def convert_release(
     tokenizer_source: str | os.PathLike,
     generator_source: str | os.PathLike,
@@ -361,17 +366,18 @@ def convert_release(
     use_ema: bool = True,
     tokenizer_checkpoint: str | None = None,
     generator_checkpoint: str | None = None,
+    sampling: dict | None = None,
 ):
     """Convert a released tokenizer + generator into a `DetailFlowPipeline` (saved if `output_dir`).
 
     `use_ema` picks the generator's EMA weights (the release samples with them); the tokenizer uses
-    its plain weights, as the release's evaluation does.
+    its plain weights, as the release's evaluation does. `sampling` overrides the generation
+    defaults written to `transformer/generation_config.json` (see `convert_generator`).
     """
     from ..pipelines.pipeline_detailflow import DetailFlowPipeline
 
     tokenizer = convert_tokenizer(tokenizer_source, tokenizer_checkpoint, architecture=tokenizer_architecture)
-    generator = convert_generator(generator_source, generator_checkpoint, use_ema=use_ema)
-    check_compatible(tokenizer, generator)
+    generator = convert_generator(generator_source, generator_checkpoint, use_ema=use_ema, sampling=sampling)
     pipe = DetailFlowPipeline(vqvae=tokenizer, transformer=generator)
     if output_dir is not None:
         pipe.save_pretrained(output_dir)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from ..models.sampling import SAMPLING_ARGUMENTS
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -25,16 +27,34 @@ def _add_extractor_args(parser):
     _flag(parser, "feature_batch_size", type=int, default=100, help="images per feature-extraction batch")
 
 
+def add_sampling_args(parser: argparse.ArgumentParser, default: str = "the model's") -> argparse.ArgumentParser:
+    """`--guidance_scale`, `--gradual_guidance`, `--do_sample`, `--temperature`, `--top_k`, `--top_p`,
+    each left `None` unless given: `None` means the model's `generation_config.json` (a converted
+    release carries the value its authors evaluate with: 1.45 / 1.5 / 1.32 for DetailFlow-16 / -32 / -64).
+    `default` names that fallback in the help."""
+    _flag(parser, "guidance_scale", type=float, default=None, help=f"classifier-free guidance (>= 1); default: {default}")
+    _flag(parser, "gradual_guidance", action=argparse.BooleanOptionalAction, default=None,
+          help=f"lower the guidance over the groups; default: {default}")
+    _flag(parser, "do_sample", action=argparse.BooleanOptionalAction, default=None,
+          help=f"--no-do-sample: greedy (arg-max); default: {default}")
+    _flag(parser, "temperature", type=float, default=None, help=f"default: {default}")
+    _flag(parser, "top_k", type=int, default=None, help=f"0: off (the release's 8192 = V is the same); default: {default}")
+    _flag(parser, "top_p", type=float, default=None, help=f"default: {default}")
+    return parser
+
+
+def sampling_arguments(args: argparse.Namespace) -> dict:
+    """The sampling flags of `add_sampling_args` as keyword arguments (`None` = the model's)."""
+    return {name: getattr(args, name) for name in SAMPLING_ARGUMENTS}
+
+
 def add_generation_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _flag(parser, "model", required=True, help="pipeline folder or Hub repo id (a converted release)")
     _flag(parser, "output_dir", required=True, help="batches/, samples.npz, sampling.json, metrics.json")
     _flag(parser, "num_samples", type=int, default=50_000)
     _flag(parser, "seed", type=int, default=0, help="image i uses seed + i")
     _flag(parser, "batch_size", type=int, default=32, help="images per generation batch (global unit of work)")
-    _flag(parser, "guidance_scale", type=float, default=1.5, help="release: 1.45 / 1.5 / 1.32 for DetailFlow-16/32/64")
-    _flag(parser, "top_k", type=int, default=0, help="0: off (the release's 8192 = V is the same)")
-    _flag(parser, "top_p", type=float, default=1.0)
-    _flag(parser, "temperature", type=float, default=1.0)
+    add_sampling_args(parser)
     _flag(parser, "num_tokens", type=int, default=None, help="detail level (default: all tokens)")
     _flag(parser, "transformer_dtype", choices=sorted(DTYPES), default="float32",
           help="generator weights (the release evaluated in bfloat16); the tokenizer stays float32")
@@ -67,10 +87,11 @@ def run_generation_eval(args: argparse.Namespace) -> dict | None:
     extractor = None
     if args.reference and accelerator.is_main_process:  # fail before hours of sampling, not after
         extractor = load_feature_extractor(args.feature_extractor, args.inception_weights)
+    sampling = pipe.sampling_params(**sampling_arguments(args))  # the model's defaults, recorded explicitly
     config = SamplingConfig(
         num_samples=args.num_samples, num_classes=pipe.transformer.config.num_classes, seed=args.seed,
-        batch_size=args.batch_size, guidance_scale=args.guidance_scale, top_k=args.top_k, top_p=args.top_p,
-        temperature=args.temperature, num_tokens=args.num_tokens, model=str(args.model), dtype=str(pipe.transformer.dtype),
+        batch_size=args.batch_size, num_tokens=args.num_tokens, model=str(args.model),
+        dtype=str(pipe.transformer.dtype), **asdict(sampling),
     )
     return evaluate_generation(
         pipe, config, args.output_dir, accelerator=accelerator, reference=args.reference, extractor=extractor,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.sampling import SAMPLING_ARGUMENTS
 from .fid import (
     FeatureExtractor,
     FeatureStatistics,
@@ -70,10 +71,13 @@ class SamplingConfig:
     num_classes: int
     seed: int
     batch_size: int
-    guidance_scale: float
-    top_k: int = 0
-    top_p: float = 1.0
-    temperature: float = 1.0
+    # Sampling; `None` takes the model's generation config (`run_generation_eval` records the values).
+    guidance_scale: float | None = None
+    gradual_guidance: bool | None = None
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
     num_tokens: int | None = None
     model: str = ""
     dtype: str = "torch.float32"
@@ -107,9 +111,8 @@ def generate_batches(pipe, config: SamplingConfig, folder: str | os.PathLike, pr
             device = pipe.transformer.device
             generators = [torch.Generator(device).manual_seed(int(seeds[i])) for i in index]
             images = pipe(
-                class_labels=labels[index].tolist(), guidance_scale=config.guidance_scale, top_k=config.top_k,
-                top_p=config.top_p, temperature=config.temperature, num_tokens=config.num_tokens,
-                generator=generators, output_type="pt", compile=compile,
+                class_labels=labels[index].tolist(), num_tokens=config.num_tokens, generator=generators,
+                output_type="pt", compile=compile, **{name: getattr(config, name) for name in SAMPLING_ARGUMENTS},
             ).images
             tmp = path.with_suffix(".tmp.npz")
             save_samples_npz(tmp, to_uint8(images), labels[index])

@@ -6,6 +6,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
+from ..schedule import check_group_layout
+
 
 def find_multiple(n: int, k: int) -> int:
     """Smallest multiple of `k` that is >= `n`."""
@@ -24,7 +26,7 @@ class DetailFlowARConfig(PreTrainedConfig):
         vocab_size: codebook size of the tokenizer.
         num_tokens: `N`, tokens per image (the original `block_size`).
         group_size: `g`, tokens predicted in parallel.
-        causal_num: `c`, token-by-token prefix (a multiple of `g`); `None` means `group_size`.
+        causal_num: `c`, token-by-token prefix (a multiple of `g`, at most `N - g`); `None` means `group_size`.
         num_classes: number of class labels; the id `num_classes` is the null class of CFG.
         class_dropout_prob: probability of replacing a label by the null class in training.
         hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
@@ -79,11 +81,7 @@ class DetailFlowARConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Checks run by `@strict` on creation and on load."""
-        g, c, n = self.group_size, self.causal_num, self.num_tokens
-        if g <= 0 or n % g:
-            raise ValueError(f"num_tokens ({n}) must be a positive multiple of group_size ({g}).")
-        if c <= 0 or c % g or c > n - g:
-            raise ValueError(f"causal_num ({c}) must be a positive multiple of group_size ({g}) and < num_tokens ({n}).")
+        check_group_layout(self.num_tokens, self.group_size, self.causal_num)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads ({self.num_attention_heads})."

@@ -1,6 +1,7 @@
 """DetailFlow generator: a LlamaGen-style class-conditional GPT with group-parallel decoding.
 
-Sequence for class `y` and codes `x_0 .. x_{L-1}` (`c` = causal_num, `g` = group_size):
+Sequence for class `y` and codes `x_0 .. x_{L-1}` (`c` = causal_num, `g` = group_size), built in
+one place, [`DetailFlowARModel.embed_sequence`]:
 
     L <  c:  [cls(y), x_0 .. x_{L-1}]                                     length 1 + L
     L >= c:  [cls(y), x_0 .. x_{c-1}, S_0 .. S_{g-2}, x_c .. x_{L-1}]     length L + g
@@ -9,6 +10,10 @@ Position 0 predicts `x_0`, positions `1 .. c-1` predict one code each, and from 
 each block of `g` positions predicts the next group. Attention is token-causal over the first `c`
 positions and block-causal (bidirectional inside a block) after. RoPE is 2D over a
 `(N/g) x g` grid, with zero angles *and zero magnitude* on the class token, as in the original.
+
+Generation runs every step through [`DetailFlowForImageGeneration.forward`]: the reference path
+recomputes the whole sequence each step (as the original sampler), the fast path feeds only the
+entries the KV cache has not seen. Sampling defaults live in the model's `generation_config`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import GenerationConfig, GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.masking_utils import create_causal_mask
@@ -26,11 +32,12 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from ..schedule import prefix_lengths
 from .configuration_ar import DetailFlowARConfig
-from .sampling import apply_guidance, check_sampling_args, guidance_scale_for_group, sample_positions
+from .sampling import SamplingParams, apply_guidance
 
 
 @dataclass
@@ -101,14 +108,14 @@ class DetailFlowDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
         attn_output, _ = self.self_attn(
             hidden_states=self.input_layernorm(hidden_states),
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             **kwargs,
         )
         hidden_states = hidden_states + self.residual_dropout(attn_output)
@@ -122,7 +129,7 @@ class DetailFlowPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["DetailFlowDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": DetailFlowDecoderLayer, "attentions": LlamaAttention}
@@ -168,7 +175,8 @@ class DetailFlowARModel(DetailFlowPreTrainedModel):
     def embed_sequence(self, input_ids: torch.LongTensor, class_labels: torch.LongTensor) -> torch.Tensor:
         """Build the input sequence `(batch, seq, hidden)` from codes `(batch, L)` and labels `(batch,)`.
 
-        In training, labels are replaced by the null class with probability `class_dropout_prob`.
+        This is the only place that knows the layout (see the module docstring). In training, labels
+        are replaced by the null class with probability `class_dropout_prob`.
         """
         if self.training and self.config.class_dropout_prob > 0:
             drop = torch.rand(class_labels.shape, device=class_labels.device) < self.config.class_dropout_prob
@@ -181,37 +189,44 @@ class DetailFlowARModel(DetailFlowPreTrainedModel):
         special = self.special_embeddings.weight.unsqueeze(0).expand(codes.shape[0], -1, -1)
         return torch.cat([class_token, codes[:, :c], special.to(codes.dtype), codes[:, c:]], dim=1)
 
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         class_labels: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """Run the blocks over a sequence.
+        """Run the blocks over a sequence, or over the part of it a `cache` has not seen.
 
         Args:
             input_ids: codes `(batch, L)`; with `class_labels` `(batch,)` they form the sequence.
-            inputs_embeds: an already built chunk of the sequence `(batch, seq, hidden)` instead.
-            position_ids: sequence positions `(batch, seq)`; default: after the cached ones.
-            past_key_values: a `Cache` extended in place (decoding).
+            inputs_embeds: entries of the sequence `(batch, seq, hidden)` instead (e.g. the tail of
+                `embed_sequence` that a cache lacks).
+            position_ids: sequence positions `(batch, seq)`; default: right after the cached ones.
+            cache: a `Cache` extended in place (decoding).
+            output_hidden_states / output_attentions: also return the embeddings and every layer's
+                output (`num_hidden_layers + 1` tensors `(batch, seq, hidden)`, the last normalised) /
+                the attention weights (eager attention only).
 
         Returns:
-            `last_hidden_state` `(batch, seq, hidden)`, normalised.
+            `last_hidden_state` `(batch, seq, hidden)`, normalised, and `cache`.
         """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids (with class_labels) or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.embed_sequence(input_ids, class_labels)
         hidden_states = self.token_dropout(inputs_embeds)
         if position_ids is None:
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(past, past + hidden_states.shape[1], device=hidden_states.device)[None]
         mask = create_causal_mask(
             config=self.config,
             inputs_embeds=hidden_states,
             attention_mask=None,
-            past_key_values=past_key_values,
+            cache=cache,
             position_ids=position_ids,
             block_sequence_ids=self.block_ids.expand(hidden_states.shape[0], -1),
         )
@@ -221,14 +236,19 @@ class DetailFlowARModel(DetailFlowPreTrainedModel):
                 hidden_states,
                 attention_mask=mask,
                 position_embeddings=position_embeddings,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
 
 
-class DetailFlowForImageGeneration(DetailFlowPreTrainedModel):
-    """The DetailFlow class-conditional generator: [`DetailFlowARModel`] plus an untied output head."""
+class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
+    """The DetailFlow class-conditional generator: [`DetailFlowARModel`] plus an untied output head.
+
+    Its `generate` is DetailFlow's own (group-parallel decoding with classifier-free guidance); the
+    `GenerationMixin` base gives it a `generation_config`, saved as `generation_config.json` and
+    loaded with the weights, which holds the model's sampling defaults.
+    """
 
     def __init__(self, config: DetailFlowARConfig):
         super().__init__(config)
@@ -256,8 +276,7 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel):
 
     def _check_codes(self, input_ids: torch.LongTensor):
         n, g, c, vocab = self.config.num_tokens, self.config.group_size, self.config.causal_num, self.config.vocab_size
-        length = input_ids.shape[1]
-        if input_ids.ndim != 2 or (length >= c and length + g > n + 1) or length > n:
+        if input_ids.ndim != 2 or (input_ids.shape[1] >= c and input_ids.shape[1] + g > n + 1) or input_ids.shape[1] > n:
             raise ValueError(
                 f"input_ids must be (batch, L) codes with L <= {n - g + 1} (num_tokens - group_size + 1), "
                 f"got shape {tuple(input_ids.shape)}."
@@ -267,48 +286,79 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel):
                 f"input_ids span [{input_ids.min().item()}, {input_ids.max().item()}]; expected ids in [0, {vocab})."
             )
 
+    @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor,
-        class_labels: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
+        class_labels: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits for every position of the sequence built from `input_ids` and `class_labels`.
+        """Logits for the sequence built from `input_ids` and `class_labels` (or for `inputs_embeds`).
 
         Args:
             input_ids: codes `(batch, L)`; training feeds `z[:, :N - g]`.
             class_labels: `(batch,)` ids in `[0, num_classes]` (`num_classes` = null class).
             labels: target codes `(batch, seq)`; for training, all `N` codes `z`.
+            inputs_embeds, position_ids, cache: decoding against a cache (see [`DetailFlowARModel.forward`]).
+            logits_to_keep: only the last this many positions get logits (0: all).
 
         Returns:
             `logits` `(batch, seq, vocab)` in float32 (`seq` = `L + g` once `L >= causal_num`, else
-            `1 + L`) and, with `labels`, `loss` = mean cross-entropy over every position.
+            `1 + L`), `cache`, with `labels` the `loss` = mean cross-entropy over every position, and
+            the recorded `hidden_states`/`attentions` when asked for.
         """
-        self._check_codes(input_ids)
-        class_labels = self._check_labels(class_labels, allow_null=True)
-        hidden = self.model(input_ids=input_ids, class_labels=class_labels, **kwargs).last_hidden_state
-        logits = self.lm_head(hidden).float()
+        if inputs_embeds is None:
+            self._check_codes(input_ids)
+            class_labels = self._check_labels(class_labels, allow_null=True)
+        outputs = self.model(
+            input_ids=input_ids,
+            class_labels=class_labels,
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+            cache=cache,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden).float()
         loss = None
         if labels is not None:
             if labels.shape != logits.shape[:2]:
                 raise ValueError(f"labels of shape {tuple(labels.shape)} do not match the logits {tuple(logits.shape[:2])}.")
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
     # -- generation ---------------------------------------------------------------------------------
+    def sampling_params(self, generation_config: GenerationConfig | None = None, **arguments) -> SamplingParams:
+        """The checked sampling settings a call would use: the `arguments` that are not `None`, then
+        `generation_config` (default: `self.generation_config`), then DetailFlow's defaults."""
+        return SamplingParams.resolve(generation_config or self.generation_config, **arguments)
+
+    def prefix_lengths(self, num_tokens: int | None = None) -> tuple[int, ...]:
+        """Token counts after each decoding step, up to `num_tokens` (a valid prefix; default all)."""
+        return prefix_lengths(self.config.num_tokens, self.config.group_size, self.config.causal_num, stop=num_tokens)
+
     @torch.no_grad()
     def generate(
         self,
         class_labels,
-        guidance_scale: float = 1.5,
-        gradual_guidance: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        guidance_scale: float | None = None,
+        gradual_guidance: bool | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generation_config: GenerationConfig | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_tokens: int | None = None,
-        callback: Callable[[int, torch.LongTensor], None] | None = None,
+        callback: Callable[[int, torch.LongTensor], torch.LongTensor | None] | None = None,
+        interrupt: Callable[[], bool] | None = None,
         use_cache: bool = True,
         compile: bool = False,
         return_dict: bool = False,
@@ -319,15 +369,21 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel):
         `guidance_scale > 1` the conditional and null-class halves run in one batch and combine as
         `u + s (c - u)`; `gradual_guidance` lowers `s` linearly over the groups (the token-by-token
         prefix keeps `s`). Sampling: `/ temperature`, top-k (`top_k=1` is greedy), top-p, one
-        multinomial draw per position.
+        multinomial draw per position; `do_sample=False` takes the arg-max.
 
         Args:
+            guidance_scale, gradual_guidance, do_sample, temperature, top_k, top_p: `None` (default)
+                takes the value of `generation_config`, else of `self.generation_config` (the model's
+                `generation_config.json`), else the original sampler's (see [`SamplingParams`]).
             num_tokens: stop after this many tokens (any prefix length of the schedule; default all).
             callback: called after every decoding step as `callback(step, tokens)` with the ids so far
-                `(batch, k)`, `k` running through the valid prefix lengths.
+                `(batch, k)`, `k` running through the valid prefix lengths. It may return a tensor of
+                the same shape: those ids then replace the tokens so far (the cache is rebuilt if needed).
+            interrupt: called after every step; when it returns `True`, generation stops there and the
+                ids so far (a valid prefix) are returned.
             generator: one `torch.Generator`, or one per image. With a list, each image draws from
-                its own stream, so its tokens do not depend on the rest of the batch — up to the
-                last bits of the logits, which can differ between batch sizes and, rarely, flip a draw.
+                its own stream, so its tokens do not depend on the rest of the batch (up to the
+                last bits of the logits, which can differ between batch sizes and, rarely, flip a draw).
             use_cache: decode against a KV cache (fast, default); `False` recomputes the whole
                 prefix at every step as the original does (the reference path).
             compile: with the cache, use a static cache and a `torch.compile`d step (CUDA graphs on
@@ -338,45 +394,50 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel):
         """
         if hasattr(self, "_hf_hook"):  # accelerate offload hooks only fire on forward(): place the model first
             self._hf_hook.pre_forward(self)
-        check_sampling_args(guidance_scale, temperature, top_k, top_p)
+        params = self.sampling_params(
+            generation_config, guidance_scale=guidance_scale, gradual_guidance=gradual_guidance, do_sample=do_sample,
+            temperature=temperature, top_k=top_k, top_p=top_p,
+        )
         labels = self._check_labels(class_labels, allow_null=False)
         generators = _check_generators(generator, labels.shape[0])
-        steps = self._prefix_lengths(num_tokens)
-        use_cfg = guidance_scale > 1.0
+        steps = self.prefix_lengths(num_tokens)
+        use_cfg = params.guidance_scale > 1.0
+        batch = labels.shape[0]
         if use_cfg:
             labels = torch.cat([labels, torch.full_like(labels, self.config.null_class_id)])
-        if use_cache:
-            step_logits = CachedStepper(self, labels, steps[-1], compile)
-        else:
-            step_logits = RecomputeStepper(self, labels)
+        stepper = CachedStepper(self, labels, steps[-1], compile) if use_cache else RecomputeStepper(self, labels)
 
         g, c = self.config.group_size, self.config.causal_num
-        codes = torch.zeros(labels.shape[0] // (2 if use_cfg else 1), 0, dtype=torch.long, device=self.device)
+        codes = torch.zeros(batch, 0, dtype=torch.long, device=self.device)
         for step, length in enumerate(steps):
-            logits = step_logits(codes, length - codes.shape[1])
+            logits = stepper(codes, length - codes.shape[1])
             if use_cfg:
-                scale = guidance_scale
-                if length > c:
-                    scale = guidance_scale_for_group(guidance_scale, length // g - 1, self.config.num_tokens // g, gradual_guidance)
+                scale = params.guidance_scale if length <= c else params.guidance_for_group(length // g - 1, self.config.num_tokens // g)
                 logits = apply_guidance(logits, scale)
-            codes = torch.cat([codes, sample_positions(logits, temperature, top_k, top_p, generators)], dim=1)
+            codes = torch.cat([codes, params.sample(logits, generators)], dim=1)
             if callback is not None:
-                callback(step, codes)
+                replaced = callback(step, codes)
+                if replaced is not None:
+                    codes = self._replace_codes(codes, replaced, stepper)
+            if interrupt is not None and interrupt():
+                break
         return DetailFlowGenerationOutput(sequences=codes) if return_dict else codes
 
-    def _prefix_lengths(self, num_tokens: int | None) -> tuple[int, ...]:
-        lengths = prefix_lengths(self.config.num_tokens, self.config.group_size, self.config.causal_num)
-        if num_tokens is None:
-            return lengths
-        if num_tokens not in lengths:
-            raise ValueError(f"num_tokens={num_tokens!r} is not a valid prefix length; expected one of {list(lengths)}.")
-        return lengths[: lengths.index(num_tokens) + 1]
-
-    def forward_chunk(self, inputs_embeds: torch.Tensor, position_ids: torch.LongTensor, cache: Cache) -> torch.Tensor:
-        """One cached decoding step: `(batch, q, hidden)` new sequence entries at `position_ids` `(1, q)`
-        -> float logits `(batch, q, vocab)`; extends `cache` in place."""
-        hidden = self.model(inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache).last_hidden_state
-        return self.lm_head(hidden).float()
+    def _replace_codes(self, codes: torch.LongTensor, replaced, stepper) -> torch.LongTensor:
+        """Take a callback's ids for the tokens so far; a cache that saw other ids is rebuilt."""
+        if not isinstance(replaced, torch.Tensor) or replaced.shape != codes.shape or torch.is_floating_point(replaced):
+            raise ValueError(
+                f"the callback returned {type(replaced).__name__} "
+                f"{tuple(replaced.shape) if isinstance(replaced, torch.Tensor) else ''}; expected integer ids of shape "
+                f"{tuple(codes.shape)} (or None to keep the tokens)."
+            )
+        vocab = self.config.vocab_size
+        if replaced.numel() and (replaced.min() < 0 or replaced.max() >= vocab):
+            raise ValueError(f"the callback returned ids outside [0, {vocab}).")
+        replaced = replaced.to(codes.device, torch.long)
+        if not torch.equal(replaced, codes):
+            stepper.reset()
+        return replaced
 
 
 def _check_generators(generator, batch_size: int):
@@ -386,57 +447,59 @@ def _check_generators(generator, batch_size: int):
 
 
 class RecomputeStepper:
-    """Reference step: run the whole prefix again and keep the last `new` logits (as the original)."""
+    """Reference step: run the whole sequence again and keep the last `new` logits (as the original)."""
 
     def __init__(self, model: DetailFlowForImageGeneration, labels: torch.LongTensor):
         self.model, self.labels = model, labels
 
     def __call__(self, codes: torch.LongTensor, new: int) -> torch.Tensor:
         prefix = codes.repeat(self.labels.shape[0] // codes.shape[0], 1)
-        hidden = self.model.model(input_ids=prefix, class_labels=self.labels).last_hidden_state[:, -new:]
-        return self.model.lm_head(hidden).float()
+        return self.model(input_ids=prefix, class_labels=self.labels, logits_to_keep=new).logits
+
+    def reset(self):
+        """Nothing is kept between steps."""
 
 
 class CachedStepper:
-    """Fast step: feed only the new part of the sequence against a KV cache.
+    """Fast step: feed only the entries of the sequence the KV cache has not seen.
 
-    Chunks: the class token; then each new code of the causal prefix; then `x_{c-1}` with the
-    `g - 1` special tokens; then each finished group. Each chunk yields exactly the logits of the
-    next tokens, so the schedule needs no slicing.
+    Each call embeds the sequence of the codes so far (`embed_sequence`, the one layout) and feeds
+    its unseen tail: the class token; then each new code of the causal prefix; then `x_{c-1}` with
+    the `g - 1` special tokens; then each finished group. Each chunk ends with exactly the
+    positions that predict the next tokens. After `reset()` the next call feeds the whole sequence
+    at once (a prefill) and continues from there.
     """
 
     def __init__(self, model: DetailFlowForImageGeneration, labels: torch.LongTensor, num_tokens: int, compile: bool):
         self.model, self.labels = model, labels
-        self.position = 0
         self.graphed = compile and model.device.type == "cuda"
+        self.compiled = None
         if compile:
-            self.cache, self.forward = compiled_decoding(model, labels.shape[0], num_tokens)
-            self.cache.reset()
+            self.cache, self.compiled = compiled_decoding(model, labels.shape[0], num_tokens)
+        self.reset()
+
+    def reset(self):
+        self.position = 0
+        if self.compiled is None:
+            self.cache = DynamicCache(config=self.model.config)
         else:
-            self.cache, self.forward = DynamicCache(config=model.config), model.forward_chunk
+            self.cache.reset()
 
     def __call__(self, codes: torch.LongTensor, new: int) -> torch.Tensor:
-        embeds = self.next_chunk(codes)
+        codes = codes.repeat(self.labels.shape[0] // codes.shape[0], 1)
+        embeds = self.model.model.embed_sequence(codes, self.labels)[:, self.position :]
         positions = torch.arange(self.position, self.position + embeds.shape[1], device=embeds.device)[None]
         self.position += embeds.shape[1]
-        if self.graphed:
-            torch.compiler.cudagraph_mark_step_begin()
-        return self.forward(embeds, positions, self.cache)
-
-    def next_chunk(self, codes: torch.LongTensor) -> torch.Tensor:
-        base, c, g = self.model.model, self.model.config.causal_num, self.model.config.group_size
-        length, repeats = codes.shape[1], self.labels.shape[0] // codes.shape[0]
-        if length == 0:
-            return base.class_embedding(self.labels)[:, None]
-        chunk = base.embed_tokens(codes[:, -1:] if length <= c else codes[:, -g:]).repeat(repeats, 1, 1)
-        if length == c:
-            special = base.special_embeddings.weight[None].expand(chunk.shape[0], -1, -1)
-            chunk = torch.cat([chunk, special.to(chunk.dtype)], dim=1)
-        return chunk
+        forward = self.model.forward
+        if self.compiled is not None and embeds.shape[1] in (1, self.model.config.group_size):
+            forward = self.compiled  # the two chunk shapes of plain decoding; a prefill runs eagerly
+            if self.graphed:
+                torch.compiler.cudagraph_mark_step_begin()
+        return forward(inputs_embeds=embeds, position_ids=positions, cache=self.cache, logits_to_keep=new).logits
 
 
 def compiled_decoding(model: DetailFlowForImageGeneration, batch_size: int, num_tokens: int):
-    """A static cache and a compiled `forward_chunk` for this (batch, length, device, dtype), made once.
+    """A static cache and a compiled `forward` for this (batch, length, device, dtype), made once.
 
     Only two chunk shapes occur (1 and `group_size` entries), so each key compiles two graphs and a
     long run never recompiles. CUDA gets CUDA graphs (`reduce-overhead`); other devices plain inductor.
@@ -450,7 +513,7 @@ def compiled_decoding(model: DetailFlowForImageGeneration, batch_size: int, num_
         config = model.config
         cache.early_initialization(batch_size, config.num_key_value_heads, config.head_dim, model.dtype, model.device)
         mode = "reduce-overhead" if model.device.type == "cuda" else None
-        store[key] = (cache, torch.compile(model.forward_chunk, dynamic=False, mode=mode))
+        store[key] = (cache, torch.compile(model.forward, dynamic=False, mode=mode))
     return store[key]
 
 

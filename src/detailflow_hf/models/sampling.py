@@ -1,24 +1,111 @@
-"""Sampling helpers of the DetailFlow generator: CFG combination, guidance schedule, top-k/top-p.
+"""Sampling of the DetailFlow generator: its settings, CFG combination, guidance schedule, top-k/top-p.
 
-These follow the original `generate.py` operation for operation (transformers' logits warpers are
+The operations follow the original `generate.py` one for one (transformers' logits warpers are
 not bit-identical to it), so that greedy and seeded sampling reproduce the release.
+
+Settings come from three places, first match wins: an explicit argument, the model's
+`generation_config` (saved as `generation_config.json` beside the weights), then
+[`SamplingParams`]'s defaults, which are what the original sampler does when told nothing.
+[`SamplingParams`] is also the only place that checks them.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
+
 import torch
 import torch.nn.functional as F
+from transformers import GenerationConfig
 
 
-def guidance_scale_for_group(guidance_scale: float, group_index: int, num_groups: int, gradual: bool) -> float:
-    """Scale used for the parallel group `group_index` (in `[c/g, G)`).
+@dataclass(frozen=True)
+class SamplingParams:
+    """Resolved, checked sampling settings.
 
-    Gradual guidance *decreases* linearly, `s * (G - i + 1) / (G + 1)`, as the original does; the
-    token-by-token prefix always uses the plain scale.
+    Args:
+        guidance_scale: classifier-free guidance `s` (>= 1; 1 disables it and skips the null branch).
+        gradual_guidance: lower `s` linearly over the parallel groups, as the original option.
+        do_sample: `False` picks the arg-max (greedy), as in transformers; `True` draws.
+        temperature: logits are divided by it before filtering (> 0).
+        top_k: keep the `k` largest logits (ties kept); 0 keeps all, 1 is greedy.
+        top_p: keep the smallest nucleus of probability mass `top_p` (in (0, 1]; 1 keeps all).
     """
-    if not gradual:
-        return guidance_scale
-    return guidance_scale * (num_groups - group_index + 1) / (num_groups + 1)
+
+    guidance_scale: float = 1.5
+    gradual_guidance: bool = False
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) or not (
+            1.0 <= self.guidance_scale < float("inf")
+        ):
+            raise ValueError(
+                f"guidance_scale={self.guidance_scale!r} is not supported; expected a finite number >= 1 (1 disables CFG)."
+            )
+        for name in ("gradual_guidance", "do_sample"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False.")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not (
+            0 < self.temperature < float("inf")
+        ):
+            raise ValueError(f"temperature={self.temperature!r} must be a finite number > 0.")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k!r} must be an integer >= 0 (0 disables top-k).")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p={self.top_p!r} must be a number in (0, 1].")
+
+    @classmethod
+    def resolve(cls, generation_config: GenerationConfig | None = None, **arguments) -> SamplingParams:
+        """Explicit `arguments` (those not `None`) over `generation_config`'s values over the defaults."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(arguments) - names)
+        if unknown:
+            raise TypeError(f"unknown sampling arguments {unknown}; expected some of {sorted(names)}.")
+        values = {}
+        for name in names:
+            value = arguments.get(name)
+            if value is None and generation_config is not None:
+                value = getattr(generation_config, name, None)
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+    def to_generation_config(self) -> GenerationConfig:
+        """A `GenerationConfig` holding every setting (greedy configs leave the sampling knobs unset,
+        as transformers requires)."""
+        values = asdict(self)
+        if not self.do_sample:
+            for name in ("temperature", "top_k", "top_p"):
+                values.pop(name)
+        return GenerationConfig(**values)
+
+    def guidance_for_group(self, group_index: int, num_groups: int) -> float:
+        """Scale used for the parallel group `group_index` (in `[c/g, G)`).
+
+        Gradual guidance *decreases* linearly, `s * (G - i + 1) / (G + 1)`, as the original does; the
+        token-by-token prefix always uses the plain scale.
+        """
+        if not self.gradual_guidance:
+            return self.guidance_scale
+        return self.guidance_scale * (num_groups - group_index + 1) / (num_groups + 1)
+
+    def sample(
+        self, logits: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> torch.LongTensor:
+        """`(batch, positions, vocab)` -> `(batch, positions)`, one draw per position in order."""
+        if not self.do_sample:
+            return logits.argmax(dim=-1)
+        return torch.stack(
+            [sample_tokens(logits[:, k], self.temperature, self.top_k, self.top_p, generator) for k in range(logits.shape[1])],
+            dim=1,
+        )
+
+
+SAMPLING_ARGUMENTS = tuple(f.name for f in fields(SamplingParams))
+"""The names of the sampling settings, as `generate()`, the pipeline and `generation_config.json` spell them."""
 
 
 def apply_guidance(logits: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -66,26 +153,4 @@ def sample_tokens(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
-def sample_positions(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-) -> torch.LongTensor:
-    """`(batch, positions, vocab)` -> `(batch, positions)`, one multinomial draw per position in order."""
-    return torch.stack(
-        [sample_tokens(logits[:, k], temperature, top_k, top_p, generator) for k in range(logits.shape[1])], dim=1
-    )
-
-
-def check_sampling_args(guidance_scale: float, temperature: float, top_k: int, top_p: float):
-    """Raise a `ValueError` naming the first bad sampling argument."""
-    if not guidance_scale >= 1.0:
-        raise ValueError(f"guidance_scale={guidance_scale} is not supported; expected a value >= 1 (1 disables CFG).")
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature} must be > 0.")
-    if not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k={top_k!r} must be an integer >= 0 (0 disables top-k).")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} must be in (0, 1].")
+__all__ = ["SAMPLING_ARGUMENTS", "SamplingParams", "apply_guidance", "filter_logits", "sample_tokens"]

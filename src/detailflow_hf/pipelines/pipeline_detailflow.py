@@ -36,6 +36,20 @@ class DetailFlowPipelineOutput(BaseOutput):
     token_ids: torch.LongTensor | None = None
 
 
+def check_compatible(vqvae, transformer):
+    """The generator must predict the tokenizer's codes: same vocabulary, token count and grouping."""
+    t, g = vqvae.config, transformer.config
+    pairs = {
+        "vocabulary size": (t.codebook_size, g.vocab_size),
+        "number of tokens": (t.num_latent_tokens, g.num_tokens),
+        "group size": (t.group_size, g.group_size),
+        "causal_num": (vqvae.schedule.causal_num, g.causal_num),
+    }
+    for name, (tok, gen) in pairs.items():
+        if tok != gen:
+            raise ValueError(f"tokenizer/generator mismatch: {name} is {tok} in the tokenizer but {gen} in the generator.")
+
+
 class DetailFlowPipeline(DiffusionPipeline):
     r"""Class-conditional coarse-to-fine image generation with DetailFlow (arXiv 2505.21473).
 
@@ -53,6 +67,7 @@ class DetailFlowPipeline(DiffusionPipeline):
 
     def __init__(self, vqvae, transformer, id2label: dict | None = None):
         super().__init__()
+        check_compatible(vqvae, transformer)
         self.register_modules(vqvae=vqvae, transformer=transformer)
         if id2label is not None:
             id2label = {int(k): v for k, v in id2label.items()}
@@ -165,13 +180,25 @@ class DetailFlowPipeline(DiffusionPipeline):
         schedule.check_prefix(num_tokens)
         return [t for t in schedule.token_list if t <= num_tokens]
 
+    def sampling_params(self, **arguments):
+        """The checked sampling settings a call would use (`None` arguments: the generator's
+        `generation_config`, then DetailFlow's defaults)."""
+        return self.transformer.sampling_params(**arguments)
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` (e.g. from `callback_on_step_end`) to stop after the current step."""
+        return getattr(self, "_interrupt", False)
+
     def check_inputs(
-        self, class_ids, guidance_scale, num_tokens, num_images_per_prompt, generator, output_type, callback_on_step_end_tensor_inputs
+        self, class_ids, num_tokens, num_images_per_prompt, generator, output_type, callback_on_step_end_tensor_inputs,
+        **sampling,
     ):
+        """Raise a `ValueError` naming the first bad argument; returns the resolved sampling settings
+        (`sampling`: `guidance_scale`, `top_k`, ... as for `__call__`)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not supported; expected one of {list(OUTPUT_TYPES)}.")
-        if not guidance_scale >= 1.0:
-            raise ValueError(f"guidance_scale={guidance_scale} is not supported; expected a value >= 1 (1 disables CFG).")
+        params = self.sampling_params(**sampling)
         if num_tokens is not None:
             self.vqvae.schedule.check_prefix(num_tokens)
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
@@ -185,17 +212,19 @@ class DetailFlowPipeline(DiffusionPipeline):
         unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not in {self._callback_tensor_inputs}.")
+        return params
 
     @torch.no_grad()
     def __call__(
         self,
         class_labels: int | str | list[int | str],
-        guidance_scale: float = 1.5,
+        guidance_scale: float | None = None,
         num_tokens: int | None = None,
-        gradual_guidance: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        gradual_guidance: bool | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
@@ -209,18 +238,22 @@ class DetailFlowPipeline(DiffusionPipeline):
 
         Args:
             class_labels: ids or names (`"golden retriever"`), one or a list.
-            guidance_scale: classifier-free guidance `s` (>= 1; 1 disables it). The release evaluates
-                DetailFlow-16/-32/-64 at 1.45/1.5/1.32.
+            guidance_scale: classifier-free guidance `s` (>= 1; 1 disables it). Default: the model's
+                (`pipe.transformer.generation_config`; a converted release carries the value its
+                authors evaluate with: 1.45 / 1.5 / 1.32 for DetailFlow-16 / -32 / -64).
             num_tokens: detail level: any trained prefix length (`pipe.prefix_lengths()`); the image
                 comes out at the resolution that length maps to. Default: all tokens, full size.
             gradual_guidance: lower the guidance linearly over the parallel groups, as the original option.
-            temperature, top_k, top_p: sampling (`top_k=1` is greedy).
+            do_sample, temperature, top_k, top_p: sampling (`do_sample=False` or `top_k=1` is greedy).
+                Like `guidance_scale`, `None` means the model's generation config.
             num_images_per_prompt: images per label.
             generator: a `torch.Generator`, or one per image (then each image is independent of the batch).
             output_type: `"pil"`, `"np"` or `"pt"`.
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)` after every decoding step,
                 with `callback_kwargs["tokens"]` the ids so far `(batch, k)`; `timestep` is the token count
-                `k`. Its return value is not fed back (tokens already in the cache cannot change).
+                `k`. As in diffusers, it returns a dict: a `"tokens"` entry replaces the ids so far
+                (generation continues from them). Setting `pipe._interrupt = True` stops after this
+                step: the images are then those of the tokens so far, at their resolution.
             return_intermediates: also return the image decoded after every step (coarse to fine).
             compile: decode with a static cache and a compiled step (worth it for many batches / on GPU).
 
@@ -228,30 +261,33 @@ class DetailFlowPipeline(DiffusionPipeline):
             [`DetailFlowPipelineOutput`] (or a tuple `(images,)`, plus the intermediates when asked).
         """
         class_ids = self.get_label_ids(class_labels)
-        self.check_inputs(
-            class_ids, guidance_scale, num_tokens, num_images_per_prompt, generator, output_type, callback_on_step_end_tensor_inputs
+        params = self.check_inputs(
+            class_ids, num_tokens, num_images_per_prompt, generator, output_type, callback_on_step_end_tensor_inputs,
+            guidance_scale=guidance_scale, gradual_guidance=gradual_guidance, do_sample=do_sample,
+            temperature=temperature, top_k=top_k, top_p=top_p,
         )
+        self._interrupt = False
         class_ids = [class_id for class_id in class_ids for _ in range(num_images_per_prompt)]
         steps = self.prefix_lengths(num_tokens)
         with self.progress_bar(total=len(steps)) as progress:
 
             def on_step(step: int, tokens: torch.LongTensor):
-                if callback_on_step_end is not None:
-                    callback_on_step_end(self, step, tokens.shape[1], {"tokens": tokens})
                 progress.update()
+                if callback_on_step_end is None:
+                    return None
+                returned = callback_on_step_end(self, step, tokens.shape[1], {"tokens": tokens}) or {}
+                return returned.get("tokens")
 
             token_ids = self.transformer.generate(
                 torch.tensor(class_ids, device=self._execution_device),
-                guidance_scale=guidance_scale,
-                gradual_guidance=gradual_guidance,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
+                generation_config=params.to_generation_config(),
                 generator=generator,
                 num_tokens=steps[-1],
                 callback=on_step,
+                interrupt=lambda: self.interrupt,
                 compile=compile,
             )
+        steps = [k for k in steps if k <= token_ids.shape[1]]  # fewer after an interrupt
         images = self.decode(token_ids, output_type=output_type)
         intermediates = None
         if return_intermediates:

@@ -17,7 +17,6 @@ import threading
 import time
 
 import torch
-from transformers.cache_utils import DynamicCache
 
 from detailflow_hf import DetailFlowARConfig, DetailFlowForImageGeneration
 from detailflow_hf.models.modeling_ar import CachedStepper
@@ -88,7 +87,6 @@ def bare_cached_passes(model: DetailFlowForImageGeneration, labels: torch.LongTe
     """The fast path's forward passes on fixed codes: no guidance, no sampling, no callback."""
     steps = model.prefix_lengths()
     stepper = CachedStepper(model, labels, steps[-1], compile=False)
-    stepper.cache = DynamicCache(config=model.config)
     done = 0
     for length in steps:
         stepper(codes[:, :done], length - done)

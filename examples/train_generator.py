@@ -121,7 +121,6 @@ def main(argv=None) -> TrainSummary:
     scheduler = make_scheduler(optimizer, preset.max_train_steps, preset.warmup_fraction)
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = EMA(accelerator.unwrap_model(model).parameters(), preset.ema_decay)
-    accelerator.register_for_checkpointing(scheduler, ema)
     stream = build_codes_stream(args.codes_dir, args.seed, accelerator, args.shuffle_buffer_size)
     loader = make_loader(stream, preset.train_batch_size, args.dataloader_num_workers)
     if args.report_to != "none":
@@ -130,7 +129,7 @@ def main(argv=None) -> TrainSummary:
     step = 0
     resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
     if resume is not None:
-        step = load_checkpoint(accelerator, resume, per_process=[loader])
+        step = load_checkpoint(accelerator, resume, per_process=[loader], shared=[scheduler, ema])
     stop_at = min(args.stop_after_steps or preset.max_train_steps, preset.max_train_steps)
     summary = TrainSummary(global_step=step)
     shards_seen: set[int] = set()
@@ -159,7 +158,8 @@ def main(argv=None) -> TrainSummary:
         if step % preset.sample_steps == 0 and accelerator.is_main_process:
             log_samples(accelerator, tokenizer, unwrapped, ema, step, args, info.num_classes)
         if step % args.checkpointing_steps == 0 or step == stop_at:
-            save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit, per_process=[loader])
+            save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit, per_process=[loader],
+                            shared=[scheduler, ema])
     progress.close()
     summary.global_step = step
 

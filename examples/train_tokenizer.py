@@ -82,7 +82,7 @@ def main(argv=None):
     step = 0
     resume = resolve_resume(output_dir, args.resume_from_checkpoint)
     if resume is not None:
-        step = load_checkpoint(accelerator, resume, per_process)
+        step = load_checkpoint(accelerator, resume, per_process, state.shared_state())
     stop = min(max_steps, args.stop_after_steps or max_steps)
 
     tokenizer = accelerator.unwrap_model(state.model).tokenizer
@@ -100,7 +100,7 @@ def main(argv=None):
         if step % args.logging_steps == 0:
             accelerator.log({**logs, "images_per_second": rate}, step=step)
         if step % args.checkpointing_steps == 0 or step == stop:
-            save_checkpoint(accelerator, output_dir, step, args.checkpoints_total_limit, per_process)
+            save_checkpoint(accelerator, output_dir, step, args.checkpoints_total_limit, per_process, state.shared_state())
         if accelerator.is_main_process and (step % args.image_logging_steps == 0 or step == stop):
             log_images(accelerator, tokenizer, images, output_dir, step)
     progress.close()

@@ -161,3 +161,107 @@ def test_resume_is_exact_and_the_export_loads(codes_dir, tmp_path):
     assert ids.shape == (2, 16) and ids.max() < 64
     images = pipe([1], output_type="pt", generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 3, 32, 32)
+
+
+# -- nothing lost, nothing executed ---------------------------------------------------------------------
+KILL_DRIVER = r'''
+import json, os, shutil, signal, sys
+from pathlib import Path
+
+import torch
+
+import detailflow_hf.training.checkpointing as checkpointing
+from tests.image_folder import load_example
+
+point, args = sys.argv[1], json.loads(sys.argv[2])
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if point == "writing":  # in the middle of accelerate's save_state of step 8 (weights written, optimizer not)
+    real_save = torch.save
+    def save(obj, f, *a, **k):
+        if ".checkpoint-8.partial" in str(f):
+            die()
+        return real_save(obj, f, *a, **k)
+    torch.save = save
+elif point == "marked":  # complete and marked, not yet renamed into place
+    real_replace = os.replace
+    def replace(src, dst):
+        if str(src).endswith(".checkpoint-8.partial"):
+            die()
+        return real_replace(src, dst)
+    os.replace = replace
+elif point == "renamed":  # the new checkpoint in place, the old one not yet pruned
+    real_prune = checkpointing.prune_checkpoints
+    def prune(output_dir, total_limit, keep=None):
+        if keep is not None and keep.name == "checkpoint-8":
+            die()
+        return real_prune(output_dir, total_limit, keep)
+    checkpointing.prune_checkpoints = prune
+elif point == "pruning":  # half-way through deleting the old checkpoint
+    real_rmtree = shutil.rmtree
+    def rmtree(path, *a, **k):
+        if str(path).endswith(".checkpoint-4.deleting"):
+            (Path(path) / "model.safetensors").unlink()
+            die()
+        return real_rmtree(path, *a, **k)
+    shutil.rmtree = rmtree
+load_example("train_generator").main(args)
+'''
+
+
+@pytest.mark.parametrize("point", ["writing", "marked", "renamed", "pruning"])
+def test_a_kill_during_a_save_with_limit_one_loses_nothing(codes_dir, tmp_path, point):
+    import json
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    common = ["--checkpoints_total_limit", "1"]
+    straight = train(codes_dir, tmp_path / "straight", *common)
+    args = ["--tokenizer", str(codes_dir / "tokenizer"), "--codes_dir", str(codes_dir / "codes"), "--output_dir",
+            str(tmp_path / "killed"), "--config", "tiny", "--max_train_steps", "12", "--train_batch_size", "4",
+            "--shuffle_buffer_size", "6", "--checkpointing_steps", "4", "--sample_steps", "100", "--report_to", "none",
+            "--seed", "5", *common]
+    killed = subprocess.run([sys.executable, "-c", KILL_DRIVER, point, json.dumps(args)], cwd=root,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    survivor = latest_checkpoint(tmp_path / "killed")
+    assert survivor is not None and survivor.name == ("checkpoint-4" if point in ("writing", "marked") else "checkpoint-8")
+    resumed = train(codes_dir, tmp_path / "killed", "--resume_from_checkpoint", "latest", *common)
+    assert resumed.global_step == 12 and resumed.losses == straight.losses[-len(resumed.losses):]
+    a = load_file(tmp_path / "straight" / "transformer" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "transformer" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["checkpoint-12"]  # leftovers pruned
+
+
+class Payload:
+    """Pickles to a call that creates `path`: it must never run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return Path.touch, (Path(self.path),)
+
+
+@pytest.mark.parametrize(
+    "name", ["process_0_state.pt", "shared_state.pt", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"]
+)
+def test_a_checkpoint_carrying_a_pickle_payload_is_refused(codes_dir, tmp_path, name):
+    out = tmp_path / "run"
+    train(codes_dir, out, "--stop_after_steps", "4")
+    checkpoint = latest_checkpoint(out)
+    ran = tmp_path / "payload-ran"
+    torch.save({"state": Payload(ran)}, checkpoint / name)
+    with pytest.raises(ValueError, match=rf"{name} is not a safe state file .*refusing to load it"):
+        train(codes_dir, out, "--resume_from_checkpoint", "latest")
+    assert not ran.exists()

@@ -3,9 +3,20 @@
 Layout: `output_dir/checkpoints/checkpoint-<step>/`, each holding accelerate's state files, one
 `process_<rank>_state.pt` per process (its data loader's position: accelerate's own
 `dl_state_dict.bin` is written by every rank to the same file, so per-rank streams keep theirs
-here), plus a `COMPLETE` marker (`{"step": step}`). A checkpoint is written into a hidden sibling
-`.checkpoint-<step>.partial/`, marked, then renamed into place, so a run killed mid-write leaves
-only a `.partial` folder, which is never listed, resumed from, or counted towards the limit.
+here), `shared_state.pt` (objects every rank holds alike: lr schedules, the EMA), plus a
+`COMPLETE` marker (`{"step": step}`).
+
+Nothing is lost: a checkpoint is written into a hidden sibling `.checkpoint-<step>.partial/`,
+marked, then renamed into place, and only then are old checkpoints pruned (each renamed to a
+hidden `.deleting` name before it is removed). A run killed at any instant therefore leaves every
+complete checkpoint it had, or the new one; a `.partial` folder is never listed, resumed from, or
+counted towards the limit.
+
+Nothing is executed: every state file is read with `torch.load(weights_only=True)` and an
+allow-list of the few non-tensor types the states need (numpy arrays and dtypes of random
+states); a file holding any other pickled object is refused, naming it, before anything is
+restored. Objects are therefore never registered with `accelerator.register_for_checkpointing`
+(accelerate reads those back with `weights_only=False`).
 """
 
 from __future__ import annotations
@@ -18,6 +29,9 @@ import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import codecs
+
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -60,24 +74,70 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     return int(json.loads((path / MARKER).read_text())["step"])
 
 
-def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None):
-    """Delete the oldest checkpoints so that one more fits in `total_limit`, and any leftover
-    `.partial` folders of killed runs. `None` keeps everything."""
+def check_total_limit(total_limit: int | None):
+    if total_limit is not None and (isinstance(total_limit, bool) or not isinstance(total_limit, int) or total_limit < 1):
+        raise ValueError(f"checkpoints_total_limit={total_limit!r} must be an integer >= 1 (or None for no limit).")
+
+
+def _remove(folder: Path):
+    """Rename out of the listing first (atomic), then delete: a half-deleted folder never looks complete."""
+    doomed = folder.with_name(f".{folder.name.lstrip('.')}.deleting")
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed)
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None, keep: Path | None = None):
+    """Delete the oldest complete checkpoints beyond `total_limit` (never `keep`), and the leftovers of
+    killed runs (`.partial` and `.deleting` folders). `None` keeps every checkpoint."""
+    check_total_limit(total_limit)
     root = checkpoint_dir(output_dir)
-    for partial in root.glob(".checkpoint-*.partial"):
-        shutil.rmtree(partial, ignore_errors=True)
+    for leftover in [*root.glob(".checkpoint-*.partial"), *root.glob(".checkpoint-*.deleting")]:
+        shutil.rmtree(leftover, ignore_errors=True)
     if total_limit is None:
         return
-    if total_limit < 1:
-        raise ValueError(f"checkpoints_total_limit={total_limit} must be >= 1 (or None for no limit).")
-    found = list_checkpoints(output_dir)
-    for old in found[: max(0, len(found) - (total_limit - 1))]:
+    found = [p for p in list_checkpoints(output_dir) if keep is None or p.resolve() != keep.resolve()]
+    keep_others = total_limit - (1 if keep is not None else 0)
+    for old in found[: max(0, len(found) - keep_others)]:
         logger.info("removing old checkpoint %s", old)
-        shutil.rmtree(old)
+        _remove(old)
 
 
 def process_state_file(path: str | os.PathLike, process_index: int) -> Path:
     return Path(path) / f"process_{process_index}_state.pt"
+
+
+SHARED_STATE = "shared_state.pt"
+# The only non-tensor objects training states hold: numpy arrays/dtypes (random states, as accelerate
+# stores them) and `codecs.encode`, which numpy's legacy pickles use to rebuild byte strings.
+SAFE_GLOBALS = [np.ndarray, np.dtype, codecs.encode, type(np.dtype(np.uint32)), type(np.dtype(np.float64))]
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+SAFE_GLOBALS.append(_reconstruct)
+STATE_SUFFIXES = (".pt", ".bin", ".pkl", ".pth")
+
+
+def safe_load(file: str | os.PathLike):
+    """`torch.load` a state file allowing tensors, plain Python containers and `SAFE_GLOBALS` only;
+    anything else raises a `ValueError` naming the file (and nothing in it runs)."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError, truncated zip, ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{file} is not a safe state file ({reason}); refusing to load it: only tensors, numbers, "
+            "strings, lists and dicts are read back, never arbitrary pickled objects."
+        ) from None
+
+
+def check_state_files(path: str | os.PathLike):
+    """Read every pickle-based file of a checkpoint with `safe_load` before anything is restored
+    (accelerate's own files included: optimizer, schedulers, random states, loader states)."""
+    for file in sorted(Path(path).iterdir()):
+        if file.is_file() and file.suffix in STATE_SUFFIXES:
+            safe_load(file)
 
 
 def save_checkpoint(
@@ -86,29 +146,35 @@ def save_checkpoint(
     step: int,
     total_limit: int | None = None,
     per_process: Sequence = (),
+    shared: Sequence = (),
 ) -> Path:
     """`accelerator.save_state` into `output_dir/checkpoints/checkpoint-<step>`, atomically.
 
     Every process must call it (each saves its random states, and the `state_dict()` of each
-    object in `per_process`, e.g. its `StatefulDataLoader`); the main process prunes first, then
-    marks and renames. Returns the final path.
+    object in `per_process`, e.g. its `StatefulDataLoader`); the main process also saves the
+    `state_dict()` of each object in `shared` (the same on every rank: lr schedules, the EMA),
+    marks and renames, and only then prunes to `total_limit`. Returns the final path.
     """
+    check_total_limit(total_limit)
     root = checkpoint_dir(output_dir)
     final, partial = root / f"checkpoint-{step}", root / f".checkpoint-{step}.partial"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
-        prune_checkpoints(output_dir, total_limit)
+        shutil.rmtree(partial, ignore_errors=True)  # a killed run's attempt at this step
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     if per_process:
         torch.save([obj.state_dict() for obj in per_process], process_state_file(partial, accelerator.process_index))
+    if shared and accelerator.is_main_process:
+        torch.save([obj.state_dict() for obj in shared], partial / SHARED_STATE)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (partial / MARKER).write_text(json.dumps({"step": step}))
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # the same step saved again: the old copy leaves the listing only after the new is in
+            os.replace(final, final.with_name(f".{final.name}.deleting"))
         os.replace(partial, final)
         logger.info("saved checkpoint %s", final)
+        prune_checkpoints(output_dir, total_limit, keep=final)
     accelerator.wait_for_everyone()
     return final
 
@@ -133,22 +199,34 @@ def resolve_resume(output_dir: str | os.PathLike, resume_from_checkpoint: str | 
     return path
 
 
-def load_checkpoint(accelerator, path: str | os.PathLike, per_process: Sequence = ()) -> int:
+def _read_states(path: Path, name: str, objects: Sequence, hint: str) -> list:
+    file = path / name
+    if not file.is_file():
+        raise ValueError(f"{str(path)!r} has no {name}: {hint}")
+    states = safe_load(file)
+    if not isinstance(states, list) or len(states) != len(objects):
+        raise ValueError(f"{file} holds {len(states) if isinstance(states, list) else type(states).__name__} states; "
+                         f"expected a list of {len(objects)}.")
+    return states
+
+
+def load_checkpoint(accelerator, path: str | os.PathLike, per_process: Sequence = (), shared: Sequence = ()) -> int:
     """Restore everything `save_checkpoint` stored (the `per_process` objects from this process's
-    file, in the same order); returns the global step."""
+    file and the `shared` ones, in the same order); returns the global step. Every state file is
+    checked to be safe to read before anything is restored."""
+    path = Path(path)
     step = checkpoint_step(path)
-    accelerator.load_state(str(path))
+    check_state_files(path)
+    per_states = shared_states = []
     if per_process:
-        file = process_state_file(path, accelerator.process_index)
-        if not file.is_file():
-            raise ValueError(
-                f"{str(path)!r} has no {file.name}: it was saved by a run with fewer processes or without "
-                "per-process state; resume with the same number of processes."
-            )
-        # our own file, written by save_checkpoint (plain Python state: dicts, lists, bytes, numpy rng states)
-        states = torch.load(file, map_location="cpu", weights_only=False)
-        for obj, state in zip(per_process, states, strict=True):
-            obj.load_state_dict(state)
+        per_states = _read_states(path, process_state_file(path, accelerator.process_index).name, per_process,
+                                  "it was saved by a run with fewer processes or without per-process state; "
+                                  "resume with the same number of processes.")
+    if shared:
+        shared_states = _read_states(path, SHARED_STATE, shared, "it was saved without the schedules/EMA this run needs.")
+    accelerator.load_state(str(path))
+    for obj, state in zip([*per_process, *shared], [*per_states, *shared_states], strict=True):
+        obj.load_state_dict(state)
     logger.info("resumed from %s (step %d)", path, step)
     return step
 
@@ -156,8 +234,8 @@ def load_checkpoint(accelerator, path: str | os.PathLike, per_process: Sequence 
 class EMA:
     """Exponential moving average of parameters with a constant decay, as the original's
     `update_ema` (`ema = decay * ema + (1 - decay) * param`, initialised as a copy, updated every
-    step; diffusers' `EMAModel` instead warms its decay up). Checkpoint it with
-    `accelerator.register_for_checkpointing(ema)`.
+    step; diffusers' `EMAModel` instead warms its decay up). Checkpoint it as a `shared` object of
+    `save_checkpoint`.
 
     Args:
         parameters: the parameters to track (their order is the state's order).
@@ -245,5 +323,6 @@ __all__ = [
     "load_checkpoint",
     "prune_checkpoints",
     "resolve_resume",
+    "safe_load",
     "save_checkpoint",
 ]

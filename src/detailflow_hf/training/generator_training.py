@@ -171,8 +171,8 @@ def train_step(accelerator, model, batch: dict, optimizer, scheduler, preset: Ge
     optimizer and scheduler step and EMA update.
 
     `scheduler` is the plain `LambdaLR` (not passed to `accelerator.prepare`, which would step it
-    once per process): it advances once per optimizer step; checkpoint it with
-    `accelerator.register_for_checkpointing`.
+    once per process): it advances once per optimizer step; checkpoint it (and the EMA) as a
+    `shared` object of `save_checkpoint`.
 
     Args:
         batch: `codes` `(B, N, 3|1)` long and `label` `(B,)`.

@@ -344,6 +344,10 @@ class TokenizerTrainState:
         """The states each process checkpoints on its own (LeCam EMAs, code usage counts)."""
         return [self.lecam] + ([self.restarter] if self.restarter is not None else [])
 
+    def shared_state(self) -> list:
+        """The states every process holds alike, checkpointed once (the lr schedules)."""
+        return [self.schedule, self.disc_schedule]
+
 
 def train_step(state: TokenizerTrainState, images: torch.Tensor, step: int, accelerator) -> dict[str, float]:
     """One generator update, then one discriminator update, at 1-based `step` (the original's
@@ -426,7 +430,6 @@ def build_train_state(
     model, discriminator, optimizer, disc_optimizer = accelerator.prepare(
         model, discriminator, optimizer, disc_optimizer
     )
-    accelerator.register_for_checkpointing(schedule, disc_schedule)
     device = accelerator.device
     restarter = None
     if config.dead_code_restart_steps:

@@ -138,3 +138,37 @@ def test_two_processes_read_disjoint_rows(folder):
                                     shuffle_buffer_size=1, random_crop=False, hflip=False)
         seen.append({e["pixel_values"].numpy().tobytes() for e in islice(stream, 9)})
     assert len(seen[0]) == len(seen[1]) == 9 and not seen[0] & seen[1]
+
+
+def _corrupt_folder(root, count: int):
+    for i in range(count):
+        path = root / "train" / CLASSES[i % 3] / f"broken{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    return root
+
+
+def test_a_dataset_of_only_undecodable_images_stops_with_an_error(tmp_path, caplog):
+    import time
+
+    root = _corrupt_folder(tmp_path / "broken", 12)
+    stream = build_train_stream(resolution=32, seed=0, train_data_dir=str(root), shuffle_buffer_size=4)
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError) as error:
+        next(iter(stream))
+    assert time.perf_counter() - started < 30
+    message = str(error.value)
+    assert message.startswith(f"no image of {str(root)!r} could be decoded in a whole pass (12 files skipped, last: ")
+    assert len(caplog.records) == 10  # the first 10 files one by one, then only at 100, 1000, ...
+
+
+def test_a_long_run_of_undecodable_images_stops_the_stream(tmp_path, monkeypatch):
+    """Mid-pass (a resumed stream, where a whole pass is not seen) the bound on consecutive failures holds."""
+    import detailflow_hf.training.data as data
+
+    monkeypatch.setattr(data, "MAX_CONSECUTIVE_SKIPS", 5)
+    root = _corrupt_folder(tmp_path / "broken", 6)
+    stream = build_train_stream(resolution=32, seed=0, train_data_dir=str(root), shuffle_buffer_size=1)
+    stream.rows_read = 3  # as after a resume: the whole-pass check cannot apply to this pass
+    with pytest.raises(ValueError, match=rf"5 images of {str(root)!r} in a row could not be decoded \(5 skipped in all"):
+        next(iter(stream))

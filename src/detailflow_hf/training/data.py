@@ -183,17 +183,34 @@ def image_name(row: dict) -> str:
 
 
 # -- the checkpointable stream ----------------------------------------------------------------------
+# A stream stops with an error after this many undecodable images in a row (a dataset that is all
+# or mostly broken must not spin forever); per-file warnings stop after the first few.
+MAX_CONSECUTIVE_SKIPS = 1000
+LOGGED_SKIPS = 10
+
+
 @dataclass
 class SkipCounter:
-    """Rows dropped because their image could not be decoded; the last one is named."""
+    """Rows dropped because their image could not be decoded; the last one is named.
+
+    The first `LOGGED_SKIPS` are logged one by one, later ones only at every power of ten.
+    """
 
     count: int = 0
     last: str | None = None
+    consecutive: int = 0
 
     def record(self, name: str, error: Exception):
         self.count += 1
+        self.consecutive += 1
         self.last = name
-        logger.warning("skipped undecodable image %s: %s (%d skipped so far)", name, error, self.count)
+        if self.count <= LOGGED_SKIPS:
+            logger.warning("skipped undecodable image %s: %s (%d skipped so far)", name, error, self.count)
+        elif math.log10(self.count).is_integer():
+            logger.warning("%d undecodable images skipped so far (last: %s: %s)", self.count, name, error)
+
+    def record_success(self):
+        self.consecutive = 0
 
 
 class ShuffledStream(torch.utils.data.IterableDataset):
@@ -206,14 +223,17 @@ class ShuffledStream(torch.utils.data.IterableDataset):
     Args:
         source: a `datasets.IterableDataset` (already split per rank).
         transform: `(row, rng) -> example dict or None`; may raise one of `DECODE_ERRORS` for a bad
-            image, which is counted in `skipped` and named in a warning.
+            image, which is counted in `skipped` and named in a warning (the first few). A whole
+            pass, or `MAX_CONSECUTIVE_SKIPS` rows in a row, without a decodable image stops the
+            stream with an error naming `name`.
         buffer_size: rows held for shuffling (`<= 1`: no shuffling).
         seed: seeds the generator (per data-loader worker: `seed + worker_id`).
+        name: how errors name the data (e.g. the dataset id or folder).
     """
 
-    def __init__(self, source, transform: Callable, buffer_size: int, seed: int):
+    def __init__(self, source, transform: Callable, buffer_size: int, seed: int, name: str = "the training stream"):
         super().__init__()
-        self.source, self.transform = source, transform
+        self.source, self.transform, self.name = source, transform, name
         self.buffer_size, self.seed = buffer_size, seed
         self.skipped = SkipCounter()
         self._reset()
@@ -230,22 +250,31 @@ class ShuffledStream(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         rng = self._rng()
+        whole_pass = self.rows_read == 0 and not self.buffer  # this iterator sees the pass from its start
         while True:
             self.source.set_epoch(self.epoch)
+            emitted = 0
             for row in self.source:
                 self.buffer.append({**row, "_row": self.rows_read})
                 self.rows_read += 1
                 if len(self.buffer) >= max(self.buffer_size, 1):
                     example = self._emit(rng)
                     if example is not None:
+                        emitted += 1
                         yield example
             while self.buffer:
                 example = self._emit(rng)
                 if example is not None:
+                    emitted += 1
                     yield example
             if self.rows_read == 0:
-                raise ValueError("the training stream is empty (no rows for this process).")
-            self.epoch += 1
+                raise ValueError(f"{self.name} is empty (no rows for this process).")
+            if whole_pass and emitted == 0:
+                raise ValueError(
+                    f"no image of {self.name} could be decoded in a whole pass ({self.skipped.count} files "
+                    f"skipped, last: {self.skipped.last})."
+                )
+            self.epoch, whole_pass = self.epoch + 1, True
 
     def _emit(self, rng: np.random.Generator) -> dict | None:
         """Pop a random buffered row and transform it; keep the generator state in step."""
@@ -258,6 +287,13 @@ class ShuffledStream(torch.utils.data.IterableDataset):
         except DECODE_ERRORS as error:
             self.skipped.record(image_name(row), error)
             example = None
+            if self.skipped.consecutive >= MAX_CONSECUTIVE_SKIPS:
+                raise ValueError(
+                    f"{self.skipped.consecutive} images of {self.name} in a row could not be decoded "
+                    f"({self.skipped.count} skipped in all, last: {self.skipped.last}: {error})."
+                ) from None
+        else:
+            self.skipped.record_success()
         self._rng_state = rng.bit_generator.state
         return example
 
@@ -338,7 +374,8 @@ def build_train_stream(
     ds = split_for_process(ds, accelerator)
     transform = image_example_transform(ImageTransform(resolution, random_crop=random_crop, hflip=hflip))
     rank, _ = _rank_and_world(accelerator)
-    return ShuffledStream(ds, transform, buffer_size=shuffle_buffer_size, seed=seed + 1000 * rank)
+    name = repr(dataset_name or train_data_dir)
+    return ShuffledStream(ds, transform, buffer_size=shuffle_buffer_size, seed=seed + 1000 * rank, name=name)
 
 
 __all__ = [

@@ -117,3 +117,50 @@ def test_cli_reports_errors_in_one_line(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("detailflow-hf convert: error: ") and "\n" not in err and "nope" in err
+
+
+def _real_width_release(root, encoder_pretrained: bool, extra_config: dict | None = None):
+    """A release-shaped tokenizer folder at the real SigLIP2 widths (one layer each, 64 px), without
+    architecture.json: the heads must come from the config, as the original's model_builder.py makes them."""
+    from .reference_original import original_tokenizer_state, write_release
+
+    common = dict(num_hidden_layers=1, num_patches=256, patch_size=16, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+    enc = dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16, **common) if encoder_pretrained else \
+        dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, **common)
+    dec = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, **common)
+    state = original_tokenizer_state(enc, dec, 16, vocab=64, embed_dim=8, seed=3)
+    config = {"enc_patch_size": 16, "dec_patch_size": 16, "group_size": 4, "causal_num": 4, "num_latent_tokens": 16,
+              "causal_encoder": True, "causal_decoder": False, "encoder_model": "siglip2_base",
+              "enc_pretrained": encoder_pretrained, "decoder_model": "siglip2_base", "dec_pretrained": False,
+              **(extra_config or {})}
+    yaml_config = {"max_image_size": 64, "group_size": 4, "degradation_power": 1.5, "content_degradation": "resolution_power"}
+    return write_release(root, state, config, yaml_config), state, enc, dec
+
+
+@pytest.mark.parametrize("encoder_pretrained, heads", [(False, 12), (True, 16)])
+def test_heads_come_from_the_release_config(tmp_path, encoder_pretrained, heads):
+    from .reference_original import original_encode
+
+    root, state, enc, _ = _real_width_release(tmp_path / "tok", encoder_pretrained)
+    ours = convert_tokenizer(root)
+    assert ours.config.encoder_config["num_attention_heads"] == heads
+    assert ours.config.decoder_config["num_attention_heads"] == 12
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    quant, ids = original_encode(state, enc, 4, 4, images)
+    out = ours.encode(images)
+    assert torch.equal(out.token_ids, ids) and (out.latents - quant).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"encoder_model": "siglip2_large", "enc_pretrained": False}, r"encoder_model='siglip2_large' with enc_pretrained=false"),
+        ({"decoder_model": "vit_h"}, r"decoder_model='vit_h' in .*config.json is not one the original builds"),
+        ({"enc_pretrained": True}, r"the encoder in .* is 768 wide with an MLP of 3072, but its config builds 1152 / 4304"),
+        ({"dec_pretrained": "no"}, r"dec_pretrained='no' in .*config.json must be true or false"),
+    ],
+)
+def test_configs_the_original_would_not_build_are_refused(tmp_path, extra, message):
+    root, *_ = _real_width_release(tmp_path / "tok", encoder_pretrained=False, extra_config=extra)
+    with pytest.raises(ConversionError, match=message):
+        convert_tokenizer(root)

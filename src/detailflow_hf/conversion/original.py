@@ -151,14 +151,16 @@ def tokenizer_config(root: Path, state: dict, ckpt: Path, architecture: dict | N
         if config.get(key, expected) != expected:
             raise ConversionError(f"{key}={config[key]} is not supported (the release uses {expected}).")
 
-    vision = {"encoder": dict(RELEASED_ENCODER), "decoder": dict(RELEASED_DECODER)}
-    if architecture:
+    if architecture:  # shapes given explicitly (releases trained with other SigLIP2 configs, test fixtures)
+        vision = {"encoder": dict(RELEASED_ENCODER), "decoder": dict(RELEASED_DECODER)}
         for side in ("encoder", "decoder"):
             vision[side].update(architecture.get(side, {}))
+    else:
+        vision = {side: builder_vision_spec(config, side, json_path) for side in ("encoder", "decoder")}
     vision["encoder"]["patch_size"] = config.get("enc_patch_size", vision["encoder"]["patch_size"])
     vision["decoder"]["patch_size"] = config.get("dec_patch_size", vision["decoder"]["patch_size"])
     for side in ("encoder", "decoder"):
-        _shapes_from_tensors(vision[side], state, side, ckpt)
+        _shapes_from_tensors(vision[side], state, side, ckpt, derived=not architecture)
     if vision["encoder"]["hidden_size"] != enc_dim:
         raise ConversionError(f"encoder width {vision['encoder']['hidden_size']} does not match the checkpoint ({enc_dim}).")
     return {
@@ -174,12 +176,48 @@ def tokenizer_config(root: Path, state: dict, ckpt: Path, architecture: dict | N
     }
 
 
-def _shapes_from_tensors(spec: dict, state: dict, side: str, ckpt: Path):
-    """Width, MLP size, depth and position-table size are in the tensors; heads are not."""
+# SigLIP2 so400m (patch16-naflex), the tower the original's `model_builder.py` starts from.
+SO400M = {**RELEASED_ENCODER, "num_hidden_layers": 27}
+# `<side>_model` -> layers the builder keeps; a fresh (not pretrained) `siglip2_base` is 768 wide, 12 heads.
+BUILDER_LAYERS = {"siglip2_base": 12, "siglip2_large": 16, "siglip2": 27}
+FRESH_BASE = {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 768 * 4}
+
+
+def builder_vision_spec(config: dict, side: str, where: Path) -> dict:
+    """The SigLIP2 shapes the original's `build_encoder`/`build_decoder` make from `config.json`'s
+    `encoder_model`/`enc_pretrained` (`decoder_model`/`dec_pretrained`): a pretrained tower keeps
+    so400m's width and heads; a fresh one is only defined for `siglip2_base`. Depth and widths are
+    then read from the tensors (and the widths must agree); heads, norms and activation are not in them."""
+    short = side[:3]
+    model, pretrained = _require(config, f"{side}_model", where), _require(config, f"{short}_pretrained", where)
+    if model not in BUILDER_LAYERS:
+        raise ConversionError(f"{side}_model={model!r} in {where} is not one the original builds; expected one of {sorted(BUILDER_LAYERS)}.")
+    if not isinstance(pretrained, bool):
+        raise ConversionError(f"{short}_pretrained={pretrained!r} in {where} must be true or false.")
+    if not pretrained and model != "siglip2_base":
+        raise ConversionError(
+            f"{side}_model={model!r} with {short}_pretrained=false in {where}: the original builder only defines a "
+            "fresh siglip2_base tower (768 wide, 12 heads); pass the shapes with --tokenizer-architecture."
+        )
+    spec = {**SO400M, "num_hidden_layers": BUILDER_LAYERS[model]}
+    if not pretrained:
+        spec.update(FRESH_BASE)
+    return spec
+
+
+def _shapes_from_tensors(spec: dict, state: dict, side: str, ckpt: Path, derived: bool = False):
+    """Width, MLP size, depth and position-table size are in the tensors; heads are not. With
+    `derived` (shapes from the builder rules) the widths must agree with the tensors'."""
     prefix = f"{side}.visual_model."
     table = _tensor(state, prefix + "embeddings.position_embedding.weight", ckpt)
+    mlp = _tensor(state, prefix + "encoder.layers.0.mlp.fc1.weight", ckpt).shape[0]
+    if derived and (table.shape[1], mlp) != (spec["hidden_size"], spec["intermediate_size"]):
+        raise ConversionError(
+            f"the {side} in {ckpt} is {table.shape[1]} wide with an MLP of {mlp}, but its config builds "
+            f"{spec['hidden_size']} / {spec['intermediate_size']}; pass the shapes with --tokenizer-architecture."
+        )
     spec["num_patches"], spec["hidden_size"] = table.shape
-    spec["intermediate_size"] = _tensor(state, prefix + "encoder.layers.0.mlp.fc1.weight", ckpt).shape[0]
+    spec["intermediate_size"] = mlp
     layers = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"encoder\.layers\.(\d+)\.", k))}
     spec["num_hidden_layers"] = len(layers)
     if spec["hidden_size"] % spec["num_attention_heads"]:

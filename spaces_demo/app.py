@@ -131,5 +131,10 @@ def build_demo(pipe: DetailFlowPipeline | None = None) -> gr.Blocks:
     return demo.queue(max_size=64, default_concurrency_limit=CONCURRENCY)
 
 
+def server_name() -> str:
+    """Loopback unless configured: Spaces set GRADIO_SERVER_NAME=0.0.0.0 themselves."""
+    return os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+
+
 if __name__ == "__main__":
-    build_demo().launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
+    build_demo().launch(server_name=server_name())

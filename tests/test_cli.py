@@ -46,7 +46,7 @@ def test_generate_into_a_directory_is_seeded(converted_dir, tmp_path):
         (["--class", "dog"], "unknown class name 'dog'"),
         (["--class", "10"], "class id 10 is out of range"),
         (["--class", "1", "--num-tokens", "5"], "num_tokens=5 is not a valid prefix length"),
-        (["--class", "1", "--display-size", "0"], "--display-size 0 must be a positive number of pixels"),
+        (["--class", "1", "--display-size", "0"], "argument --display-size: 0 is out of range; expected a size in pixels in [1, 4096]"),
     ],
 )
 def test_generate_user_errors_are_one_line(converted_dir, tmp_path, args, message):
@@ -79,7 +79,7 @@ def test_card_and_convert(converted_dir, fixture_dir, tmp_path):
                   "--tokenizer-architecture", arch, "--output", tmp_path / "o")
     assert bad.returncode == 2 and "cannot find" in bad.stderr.strip().splitlines()[-1]
     wrong = run_cli("convert", "--tokenizer", fixture_dir / "tokenizer", "--generator", fixture_dir / "ar", "--output", tmp_path / "o")
-    assert wrong.returncode == 2 and "is not divisible by 12 heads" in wrong.stderr.strip().splitlines()[-1]
+    assert wrong.returncode == 2 and "but its config builds 1152 / 4304" in wrong.stderr.strip().splitlines()[-1]
     code = run_cli("convert", "--tokenizer", fixture_dir / "tokenizer", "--generator", fixture_dir / "ar",
                    "--tokenizer-architecture", arch, "--output", tmp_path / "c", "--with-code")
     assert code.returncode == 0, code.stderr

@@ -127,3 +127,17 @@ def test_any_shape_matches_the_original(tmp_path, dim, layers, heads, kv, vocab,
         logits = ours(codes[:, :length], labels).logits
         assert logits.shape == reference.shape
         assert (logits - reference).abs().max() < 1e-4, length
+
+
+@pytest.mark.parametrize("key", ["num_tokens", "vocab_size", "num_classes", "group_size"])
+def test_a_config_without_a_shape_key_is_refused(gpt, tmp_path, key):
+    import json
+
+    gpt.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config[key]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"config.json lacks the key '{key}'"):
+        DetailFlowForImageGeneration.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=rf"lacks the key '{key}'"):
+        AutoModel.from_pretrained(tmp_path)

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -58,8 +60,12 @@ def test_save_load_round_trip(tokenizer, expected, tmp_path):
     [
         (torch.zeros(2, 64, 64), r"\(batch, 3, height, width\)"),
         (torch.zeros(2, 1, 64, 64), r"\(batch, 3, height, width\)"),
-        (torch.zeros(1, 3, 60, 64), "not a multiple of the patch size 8"),
+        (torch.zeros(1, 3, 60, 64), r"pixel_values are 60 x 64 px but this tokenizer encodes 64 x 64 \(its image_size\)"),
+        (torch.zeros(1, 3, 32, 32), r"pixel_values are 32 x 32 px but this tokenizer encodes 64 x 64"),
+        (torch.zeros(1, 3, 128, 128), r"pixel_values are 128 x 128 px"),
         (torch.full((1, 3, 64, 64), 255.0), r"range \[255, 255\] is outside the expected \[-1, 1\]"),
+        (torch.zeros(1, 3, 64, 64).index_fill_(2, torch.tensor([5]), float("nan")), r"contain NaN or infinite values"),
+        (torch.full((1, 3, 64, 64), float("inf")), r"contain NaN or infinite values"),
     ],
 )
 def test_bad_images_are_named(tokenizer, images, message):
@@ -114,3 +120,16 @@ def test_fresh_tables_follow_the_original_init():
                              encoder_config=spec, decoder_config=spec)
     for table in (vq.encoder.latent_tokens, vq.encoder.refined_tokens, vq.encoder.latent_pos_embed, vq.decoder.latent_pos_embed):
         assert 0.015 < table.std().item() < 0.025
+
+
+@pytest.mark.parametrize("key", ["image_size", "num_latent_tokens", "codebook_size", "encoder_config"])
+def test_a_config_without_a_shape_key_is_refused(tokenizer, tmp_path, key):
+    tokenizer.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config[key]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"config.json lacks the key '{key}'"):
+        DetailFlowTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config.json holds a JSON list; expected an object"):
+        DetailFlowTokenizer.from_pretrained(tmp_path)

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
+from . import flags
 from .evaluation.arguments import add_sampling_args, sampling_arguments
 
 
 class UsageError(ValueError):
     """A mistake in the command line, reported in one line."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a bad input can raise below us: ours (ValueError), files (OSError), malformed YAML,
+    configs with wrong types (huggingface_hub's strict dataclasses), truncated safetensors files."""
+    import yaml
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
+    return (ValueError, OSError, TypeError, yaml.YAMLError, StrictDataclassError, SafetensorError)
+
+
+USER_ERRORS = _user_errors()
 
 
 def _load_pipeline(model: str | None, device: str):
@@ -29,23 +44,62 @@ def _load_pipeline(model: str | None, device: str):
         if DEFAULT_MODEL is None:
             raise UsageError("no --model given and this installation has no embedded default model.")
         model = DEFAULT_MODEL
-    return DetailFlowPipeline.from_pretrained(model).to(device)
+    path = Path(model).expanduser()
+    if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
+        raise UsageError(f"--model {model}: no such folder (and not a Hub repo id of the form 'owner/name').")
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise UsageError(f"--model {model}: not a pipeline folder (it has no model_index.json).")
+    try:
+        pipe = DetailFlowPipeline.from_pretrained(str(path) if path.exists() else model)
+    except USER_ERRORS as error:
+        raise UsageError(f"cannot load the pipeline {model}: {_first_line(error)}") from error
+    return pipe.to(device)
 
 
 # -- generate ---------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+MAX_OUTPUT_PIXELS = 10_000 * 10_000  # one grid or strip file
+BATCH_SIZE = 32  # images generated at a time: memory stays bounded for any --num-images
+
+
 def _add_generate(subparsers):
     p = subparsers.add_parser("generate", help="generate images for class names or ids")
     p.add_argument("--model", help="pipeline folder or Hub repo id (default: the embedded model)")
     p.add_argument("--class", dest="classes", action="append", required=True, metavar="NAME_OR_ID", help="class name or id (repeatable)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-tokens", type=int, help="detail level: a trained prefix length (default: all tokens)")
-    p.add_argument("--num-images", type=int, default=1, help="images per class")
+    p.add_argument("--seed", type=flags.seed, default=0, help="image i uses seed + i")
+    p.add_argument("--num-tokens", type=flags.positive_int, help="detail level: a trained prefix length (default: all tokens)")
+    p.add_argument("--num-images", type=flags.positive_int, default=1, help="images per class")
     add_sampling_args(p)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--output", required=True, help="FILE.png (a grid) or a directory (one file per image)")
+    p.add_argument("--output", required=True,
+                   help="FILE.png/.jpg/.webp (one grid) or a folder without a suffix (one file per image)")
     p.add_argument("--progressive", action="store_true", help="also save the coarse-to-fine strip of every image")
-    p.add_argument("--display-size", type=int, help="enlarge grid cells and strip frames to N px (nearest), for small models")
+    p.add_argument("--display-size", type=flags.int_range(1, 4096, "a size in pixels"),
+                   help="enlarge grid cells and strip frames to N px (nearest), for small models")
     p.set_defaults(func=_generate)
+
+
+def _check_output(output: Path, count: int, side: int, steps: int, progressive: bool) -> bool:
+    """Whether `--output` names one grid file (else a folder); sizes checked before any work."""
+    is_file = output.suffix.lower() in IMAGE_SUFFIXES
+    if output.suffix and not is_file:
+        raise UsageError(f"--output {output}: expected a grid file ending in {'/'.join(IMAGE_SUFFIXES)} or a folder without a suffix.")
+    if is_file and output.is_dir():
+        raise UsageError(f"--output {output} is an existing folder; a grid file was meant (its suffix is {output.suffix}).")
+    if not is_file and output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is an existing file; expected a folder for one file per image.")
+    if is_file:
+        columns = math.ceil(math.sqrt(count))
+        sizes = {"the grid": columns * side * math.ceil(count / columns) * side}
+        if progressive:
+            sizes["the coarse-to-fine strip"] = steps * side * count * side
+        for what, pixels in sizes.items():
+            if pixels > MAX_OUTPUT_PIXELS:
+                raise UsageError(
+                    f"{what} of {count} images at {side} px would have {pixels:,} pixels, more than {MAX_OUTPUT_PIXELS:,}; "
+                    "use fewer images, a smaller --display-size, or a folder as --output."
+                )
+    return is_file
 
 
 def _generate(args) -> int:
@@ -53,44 +107,49 @@ def _generate(args) -> int:
 
     from .pipelines.utils import image_grid, progressive_strip, upscale
 
-    if args.display_size is not None and args.display_size <= 0:
-        raise UsageError(f"--display-size {args.display_size} must be a positive number of pixels.")
     pipe = _load_pipeline(args.model, args.device)
     pipe.set_progress_bar_config(disable=True)
     class_ids = pipe.get_label_ids(args.classes)
     count = len(class_ids) * args.num_images
-    generators = [torch.Generator(args.device).manual_seed(args.seed + i) for i in range(count)]
-    out = pipe(
-        class_labels=class_ids,
-        num_images_per_prompt=args.num_images,
-        num_tokens=args.num_tokens,
-        generator=generators,
-        return_intermediates=args.progressive,
-        **sampling_arguments(args),
-    )
+    if args.seed + count - 1 > flags.MAX_SEED:
+        raise UsageError(f"--seed {args.seed}: the {count} images use seeds up to {args.seed + count - 1}, above {flags.MAX_SEED}.")
+    pipe.check_inputs(class_ids, args.num_tokens, args.num_images, None, "pil", None, **sampling_arguments(args))
+    steps = pipe.prefix_lengths(args.num_tokens)
+    side = args.display_size or pipe.vqvae.schedule.decoder_resolution(steps[-1])
     output = Path(args.output)
-    names = [pipe.labels.name(c).replace(" ", "_").replace("/", "_") for c in class_ids for _ in range(args.num_images)]
-    written = []
-    if output.suffix.lower() == ".png":
-        output.parent.mkdir(parents=True, exist_ok=True)
-        cells = [upscale(im, args.display_size) for im in out.images] if args.display_size else out.images
+    to_file = _check_output(output, count, side, len(steps), args.progressive)
+    (output.parent if to_file else output).mkdir(parents=True, exist_ok=True)
+
+    labels = [c for c in class_ids for _ in range(args.num_images)]
+    names = [pipe.labels.name(c).replace(" ", "_").replace("/", "_") for c in labels]
+    cells, strips, written = [], [], []
+    for start in range(0, count, BATCH_SIZE):
+        batch = range(start, min(start + BATCH_SIZE, count))
+        out = pipe(
+            class_labels=[labels[i] for i in batch],
+            num_tokens=args.num_tokens,
+            generator=[torch.Generator(args.device).manual_seed(args.seed + i) for i in batch],
+            return_intermediates=args.progressive,
+            **sampling_arguments(args),
+        )
+        for j, i in enumerate(batch):
+            image = upscale(out.images[j], args.display_size) if args.display_size else out.images[j]
+            strip = progressive_strip(out.intermediates, j, args.display_size) if args.progressive else None
+            if to_file:
+                cells.append(image)
+                strips.append(strip)
+                continue
+            written.append(output / f"{i:03d}_{names[i]}.png")
+            out.images[j].save(written[-1])
+            if strip is not None:
+                written.append(output / f"{i:03d}_{names[i]}_progressive.png")
+                strip.save(written[-1])
+    if to_file:
         image_grid(cells).save(output)
         written.append(output)
         if args.progressive:
-            strip = output.with_name(output.stem + "_progressive.png")
-            strips = [progressive_strip(out.intermediates, i, args.display_size) for i in range(count)]
-            image_grid(strips, columns=1).save(strip)
-            written.append(strip)
-    else:
-        output.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(out.images):
-            path = output / f"{i:03d}_{names[i]}.png"
-            image.save(path)
-            written.append(path)
-            if args.progressive:
-                strip = output / f"{i:03d}_{names[i]}_progressive.png"
-                progressive_strip(out.intermediates, i, args.display_size).save(strip)
-                written.append(strip)
+            written.append(output.with_name(output.stem + "_progressive" + output.suffix))
+            image_grid(strips, columns=1).save(written[-1])
     for path in written:
         print(path)
     return 0
@@ -146,8 +205,7 @@ def _add_reconstruct(subparsers):
 
 
 def _reconstruct(args) -> int:
-    from PIL import Image
-
+    from .image_processing import open_image
     from .metrics import prefix_reconstructions, psnr
     from .pipelines.utils import to_pil
     from .training.data import center_crop_arr, to_tensor
@@ -157,7 +215,7 @@ def _reconstruct(args) -> int:
     if not path.is_file():
         raise UsageError(f"image {path} does not exist.")
     try:
-        image = Image.open(path).convert("RGB")
+        image = open_image(path)
     except OSError as error:
         raise UsageError(f"cannot read image {path}: {error}") from error
     pixels = to_tensor(center_crop_arr(image, pipe.vqvae.config.image_size))[None].to(args.device)
@@ -243,14 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        # User mistakes (bad paths, names, values, checkpoints): one line, no traceback.
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"detailflow-hf {args.command}: error: {message}", file=sys.stderr)
+    except USER_ERRORS as error:
+        # User mistakes (bad paths, names, values, configs, checkpoints): one line, no traceback.
+        print(f"detailflow-hf {args.command}: error: {_first_line(error)}", file=sys.stderr)
         return 2
 
 

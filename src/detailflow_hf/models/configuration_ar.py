@@ -94,6 +94,29 @@ class DetailFlowARConfig(PreTrainedConfig):
                 f"num_key_value_heads ({self.num_key_value_heads})."
             )
 
+    # Keys a saved config must carry: defaulting any of them would silently build another model.
+    shape_keys = ("vocab_size", "num_tokens", "group_size", "num_classes", "hidden_size", "num_hidden_layers",
+                  "num_attention_heads")
+
+    @classmethod
+    def _check_shape_keys(cls, config_dict, where: str):
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"{where} holds a JSON {type(config_dict).__name__}; expected an object of config keys.")
+        missing = [key for key in cls.shape_keys if key not in config_dict]
+        if missing:
+            raise ValueError(f"{where} lacks the key {missing[0]!r} (a {cls.model_type} config must state {list(cls.shape_keys)}).")
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        config_dict = super()._dict_from_json_file(json_file)
+        cls._check_shape_keys(config_dict, str(json_file))
+        return config_dict
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        cls._check_shape_keys(config_dict, f"the {cls.model_type} config")
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def null_class_id(self) -> int:
         """Label of the unconditional branch of classifier-free guidance."""

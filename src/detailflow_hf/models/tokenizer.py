@@ -266,16 +266,32 @@ class DetailFlowTokenizer(ModelMixin, ConfigMixin):
         self.refine_conv = nn.Linear(codebook_embed_dim, encoder_config.hidden_size)
         self.decoder = DetailFlowDecoder(decoder_config, num_latent_tokens)
 
+    # Keys a saved config must carry: defaulting any of them would silently build another model.
+    shape_keys = ("image_size", "num_latent_tokens", "group_size", "codebook_size", "codebook_embed_dim",
+                  "encoder_config", "decoder_config")
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        config = super()._dict_from_json_file(json_file)
+        if not isinstance(config, dict):
+            raise ValueError(f"{json_file} holds a JSON {type(config).__name__}; expected an object of config keys.")
+        missing = [key for key in cls.shape_keys if key not in config]
+        if missing:
+            raise ValueError(f"{json_file} lacks the key {missing[0]!r} (a DetailFlowTokenizer config must state {list(cls.shape_keys)}).")
+        return config
+
     def _check_images(self, images: torch.Tensor):
-        p = self.encoder.patch_size
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"pixel_values must be a (batch, 3, height, width) tensor, got {shape}.")
-        if images.shape[2] % p or images.shape[3] % p:
+        size = self.config.image_size
+        if tuple(images.shape[2:]) != (size, size):
             raise ValueError(
-                f"pixel_values of size {tuple(images.shape[2:])} is not a multiple of the patch size {p}; "
-                f"resize to {self.config.image_size}x{self.config.image_size}."
+                f"pixel_values are {images.shape[2]} x {images.shape[3]} px but this tokenizer encodes {size} x {size} "
+                "(its image_size); resize and center-crop them first (the pipeline and the CLI do)."
             )
+        if not torch.isfinite(images).all():
+            raise ValueError("pixel_values contain NaN or infinite values; expected finite values in [-1, 1].")
         low, high = images.min().item(), images.max().item()
         if low < -1.001 or high > 1.001:
             raise ValueError(

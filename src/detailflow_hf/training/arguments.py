@@ -12,7 +12,13 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from ..flags import int_range, non_negative_int, positive_float, positive_int
+
 logger = logging.getLogger(__name__)
+
+
+# numpy's global seed (set by accelerate's `set_seed`, offset per process) must stay below 2**32.
+TRAINING_SEED = int_range(0, 2**32 - 1025, what="a seed")
 
 
 def default_report_to() -> str:
@@ -31,40 +37,39 @@ def add_dataset_args(parser):
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the flags every trainer shares (issue 6) to `parser` and return it."""
+    """Add the flags every trainer shares to `parser` and return it."""
     group = parser.add_argument_group("common training flags")
     group.add_argument("--config", default="tiny", help="a preset name or a YAML file (default: tiny)")
     add_dataset_args(group)
     group.add_argument("--output_dir", required=True, help="checkpoints, logs, samples and the final export")
-    group.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps (default: preset)")
+    group.add_argument("--max_train_steps", type=positive_int, default=None, help="optimizer steps (default: preset)")
     group.add_argument(
-        "--stop_after_steps", type=int, default=None,
+        "--stop_after_steps", type=positive_int, default=None,
         help="end this run (with a checkpoint) at this global step without changing the schedule; "
         "continue later with --resume_from_checkpoint latest (time-limited jobs)",
     )
-    group.add_argument("--train_batch_size", type=int, default=None, help="per-process batch (default: preset)")
-    group.add_argument("--learning_rate", type=float, default=None, help="peak learning rate (default: preset)")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    group.add_argument("--checkpointing_steps", type=int, default=500, help="save a checkpoint every N steps")
-    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep at most N checkpoints")
+    group.add_argument("--train_batch_size", type=positive_int, default=None, help="per-process batch (default: preset)")
+    group.add_argument("--learning_rate", type=positive_float, default=None, help="peak learning rate (default: preset)")
+    group.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    group.add_argument("--checkpointing_steps", type=positive_int, default=500, help="save a checkpoint every N steps")
+    group.add_argument("--checkpoints_total_limit", type=positive_int, default=None, help="keep at most N checkpoints")
     group.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--seed", type=TRAINING_SEED, default=0)
     group.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     group.add_argument("--report_to", default=default_report_to(), help="tensorboard, wandb, trackio, ..., or none")
-    group.add_argument("--logging_steps", type=int, default=10, help="log scalars every N steps")
-    group.add_argument("--dataloader_num_workers", type=int, default=0)
-    group.add_argument("--shuffle_buffer_size", type=int, default=1000, help="rows in the (checkpointed) shuffle buffer")
+    group.add_argument("--logging_steps", type=positive_int, default=10, help="log scalars every N steps")
+    group.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
+    group.add_argument("--shuffle_buffer_size", type=positive_int, default=1000, help="rows in the (checkpointed) shuffle buffer")
     group.add_argument("--push_to_hub", action="store_true", help="upload the final export")
     group.add_argument("--hub_model_id", default=None, help="repo id for --push_to_hub")
     return parser
 
 
 def check_common_args(args: argparse.Namespace):
-    """Errors that name the flag, before any work starts."""
-    for name in ("max_train_steps", "train_batch_size", "checkpointing_steps", "gradient_accumulation_steps", "logging_steps"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} must be >= 1, got {value}.")
+    """Errors that name the flag, before any work starts (ranges are checked by the flags' types)."""
+    output = Path(args.output_dir)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output_dir {output} exists and is not a folder.")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (the target repo id).")
     if args.dataset_name and args.train_data_dir:

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..image_processing import open_image
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "ILSVRC/imagenet-1k"
@@ -162,16 +164,6 @@ class ImageTransform:
         if self.hflip and rng.random() < 0.5:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         return to_tensor(image)
-
-
-def open_image(value) -> Image.Image:
-    """A `datasets` undecoded image (`{"bytes", "path"}`), a path, or PIL -> a loaded PIL image."""
-    if isinstance(value, Image.Image):
-        return value
-    data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (None, value)
-    image = Image.open(io.BytesIO(data) if data is not None else path)
-    image.load()
-    return image
 
 
 def image_name(row: dict) -> str:

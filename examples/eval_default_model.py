@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from detailflow_hf import DetailFlowPipeline
+from detailflow_hf import flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.evaluation.fid import FeatureStatistics, frechet_distance
 from detailflow_hf.metrics import psnr_per_detail_level
@@ -95,10 +96,10 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="the pipeline folder to measure")
     parser.add_argument("--data_dir", required=True, help="output of examples/build_emoji_dataset.py (train/, heldout/)")
     parser.add_argument("--output", required=True, help="results JSON; a sample grid PNG is written beside it")
-    parser.add_argument("--num_samples", type=int, default=200)
+    parser.add_argument("--num_samples", type=flags.positive_int, default=200)
     add_sampling_args(parser)
-    parser.add_argument("--classifier_epochs", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classifier_epochs", type=flags.positive_int, default=30)
+    parser.add_argument("--seed", type=flags.int_range(0, 2**32 - 1, "a seed"), default=0)
     args = parser.parse_args(argv)
 
     pipe = DetailFlowPipeline.from_pretrained(args.model)

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from detailflow_hf import DetailFlowTokenizer
+from detailflow_hf import flags
 from detailflow_hf.training.arguments import add_dataset_args
 from detailflow_hf.training.codes import CodesWriter, codes_info_for, write_codes_info
 from detailflow_hf.training.data import (
@@ -46,10 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split", default="train")
     parser.add_argument("--ten_crop", action="store_true", help="10 crops of a 1.1x centre crop per image")
     parser.add_argument("--no_correction", dest="correction", action="store_false", help="clean codes only")
-    parser.add_argument("--num_classes", type=int, default=None, help="needed when labels are not a ClassLabel")
-    parser.add_argument("--rows_per_shard", type=int, default=10000)
-    parser.add_argument("--max_images", type=int, default=None, help="stop after this many images per process")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_classes", type=flags.positive_int, default=None, help="needed when labels are not a ClassLabel")
+    parser.add_argument("--rows_per_shard", type=flags.positive_int, default=10000)
+    parser.add_argument("--max_images", type=flags.positive_int, default=None, help="stop after this many images per process")
+    parser.add_argument("--seed", type=flags.int_range(0, 2**32 - 1, "a seed"), default=0)
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     return parser.parse_args(argv)
 

@@ -27,6 +27,7 @@ import torch
 from accelerate import Accelerator
 
 from detailflow_hf import DetailFlowPipeline
+from detailflow_hf import flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.finetuning import (
     ImageFolderDataset,
@@ -45,8 +46,8 @@ from detailflow_hf.pipelines.utils import image_grid
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_finetune_args(parser, "base pipeline folder or Hub repo id", "imagefolder or parquet folder with labels", learning_rate=1e-4)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
+    parser.add_argument("--rank", type=flags.positive_int, default=8)
+    parser.add_argument("--lora_alpha", type=flags.positive_float, default=None, help="default: the rank")
     add_sampling_args(parser, default="the base model's")  # for the sample grid
     return parser.parse_args(argv)
 

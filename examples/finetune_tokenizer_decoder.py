@@ -21,13 +21,14 @@ import sys
 import torch
 from accelerate import Accelerator
 
+from detailflow_hf import flags
 from detailflow_hf.finetuning import ImageFolderDataset, add_finetune_args, decoder_loss, decoder_parameters, load_tokenizer, run_training
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_finetune_args(parser, "pipeline or tokenizer folder, or Hub repo id", "imagefolder or parquet folder", learning_rate=1e-5)
-    parser.add_argument("--degradation_prob", type=float, default=0.2)
+    parser.add_argument("--degradation_prob", type=flags.float_range(0.0, 1.0, what="probability"), default=0.2)
     return parser.parse_args(argv)
 
 

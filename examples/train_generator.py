@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from detailflow_hf import DetailFlowPipeline, DetailFlowTokenizer
+from detailflow_hf import flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.models.sampling import SamplingParams
 from detailflow_hf.training.arguments import add_common_args, check_common_args, load_preset, make_accelerator
@@ -61,10 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_args(parser)
     parser.add_argument("--tokenizer", required=True, help="the DetailFlowTokenizer the codes came from")
     parser.add_argument("--codes_dir", required=True, help="output of examples/extract_codes.py")
-    parser.add_argument("--ema_decay", type=float, default=None, help="default: preset (0.9999 for GPT-*)")
-    parser.add_argument("--max_grad_norm", type=float, default=None, help="default: preset (1.0)")
-    parser.add_argument("--correction_prob", type=float, default=None, help="default: preset (0.3)")
-    parser.add_argument("--sample_steps", type=int, default=None, help="sample images every N steps (default: preset)")
+    parser.add_argument("--ema_decay", type=flags.float_range(0.0, 1.0, what="decay"), default=None, help="default: preset (0.9999 for GPT-*)")
+    parser.add_argument("--max_grad_norm", type=flags.positive_float, default=None, help="default: preset (1.0)")
+    parser.add_argument("--correction_prob", type=flags.float_range(0.0, 1.0, what="probability"), default=None, help="default: preset (0.3)")
+    parser.add_argument("--sample_steps", type=flags.positive_int, default=None, help="sample images every N steps (default: preset)")
     # The sampling the exported model's generation_config.json holds (and the sample images use).
     add_sampling_args(parser, default="the original sampler's (guidance 1.5, full distribution)")
     return parser.parse_args(argv)

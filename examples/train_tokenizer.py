@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from detailflow_hf import flags
 from detailflow_hf.training.arguments import add_common_args, check_common_args, make_accelerator
 from detailflow_hf.training.checkpointing import load_checkpoint, resolve_resume, save_checkpoint
 from detailflow_hf.training.data import build_train_stream, make_loader
@@ -35,7 +36,7 @@ logger = logging.getLogger("train_tokenizer")
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--image_logging_steps", type=int, default=500, help="save a reconstruction grid every N steps")
+    parser.add_argument("--image_logging_steps", type=flags.positive_int, default=500, help="save a reconstruction grid every N steps")
     args = parser.parse_args(argv)
     check_common_args(args)
     if args.gradient_accumulation_steps != 1:

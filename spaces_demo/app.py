@@ -71,7 +71,11 @@ class Demo:
 
     def generate(self, class_label, guidance_scale, seed, num_tokens):
         """API: the final image only."""
-        image = self.pipe(**self._arguments(class_label, guidance_scale, seed, num_tokens)).images[0]
+        arguments = self._arguments(class_label, guidance_scale, seed, num_tokens)
+        try:
+            image = self.pipe(**arguments).images[0]
+        except (ValueError, TypeError) as error:  # the pipeline's own message, not a generic "Error"
+            raise gr.Error(str(error)) from error
         return upscale(image, DISPLAY_SIZE)
 
     def generate_progressive(self, class_label, guidance_scale, seed, num_tokens):

@@ -8,6 +8,8 @@ is needed for the small sets these recipes target. Used by `examples/finetune_lo
 
 from __future__ import annotations
 
+from . import flags
+
 import json
 import os
 from pathlib import Path
@@ -55,13 +57,13 @@ def add_finetune_args(parser, model_help: str, data_help: str, learning_rate: fl
                         help=f"{model_help} (default: the embedded emoji model)")
     parser.add_argument("--train_data_dir", required=True, help=data_help)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--learning_rate", type=float, default=learning_rate)
+    parser.add_argument("--learning_rate", type=flags.positive_float, default=learning_rate)
     parser.add_argument("--lr_scheduler", choices=[s.value for s in SchedulerType], default="constant",
                         help="diffusers schedule over --max_train_steps (e.g. cosine: decays to 0)")
-    parser.add_argument("--lr_warmup_steps", type=int, default=0)
-    parser.add_argument("--train_batch_size", type=int, default=8)
-    parser.add_argument("--max_train_steps", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr_warmup_steps", type=flags.non_negative_int, default=0)
+    parser.add_argument("--train_batch_size", type=flags.positive_int, default=8)
+    parser.add_argument("--max_train_steps", type=flags.positive_int, default=1000)
+    parser.add_argument("--seed", type=flags.int_range(0, 2**32 - 1, "a seed"), default=0)
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     return parser
 

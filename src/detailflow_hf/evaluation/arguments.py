@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .. import flags
 from ..models.sampling import SAMPLING_ARGUMENTS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -24,7 +25,7 @@ def _add_extractor_args(parser):
     _flag(parser, "feature_extractor", default=None, metavar="MODULE:FACTORY",
           help="a feature network factory (uint8 (N,3,H,W) -> features); default: torch-fidelity's Inception")
     _flag(parser, "inception_weights", default=None, help="local torch-fidelity inception-v3-compat weights file (offline use)")
-    _flag(parser, "feature_batch_size", type=int, default=100, help="images per feature-extraction batch")
+    _flag(parser, "feature_batch_size", type=flags.positive_int, default=100, help="images per feature-extraction batch")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, default: str = "the model's") -> argparse.ArgumentParser:
@@ -38,7 +39,7 @@ def add_sampling_args(parser: argparse.ArgumentParser, default: str = "the model
     _flag(parser, "do_sample", action=argparse.BooleanOptionalAction, default=None,
           help=f"--no-do-sample: greedy (arg-max); default: {default}")
     _flag(parser, "temperature", type=float, default=None, help=f"default: {default}")
-    _flag(parser, "top_k", type=int, default=None, help=f"0: off (the release's 8192 = V is the same); default: {default}")
+    _flag(parser, "top_k", type=flags.non_negative_int, default=None, help=f"0: off (the release's 8192 = V is the same); default: {default}")
     _flag(parser, "top_p", type=float, default=None, help=f"default: {default}")
     return parser
 
@@ -51,11 +52,11 @@ def sampling_arguments(args: argparse.Namespace) -> dict:
 def add_generation_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _flag(parser, "model", required=True, help="pipeline folder or Hub repo id (a converted release)")
     _flag(parser, "output_dir", required=True, help="batches/, samples.npz, sampling.json, metrics.json")
-    _flag(parser, "num_samples", type=int, default=50_000)
-    _flag(parser, "seed", type=int, default=0, help="image i uses seed + i")
-    _flag(parser, "batch_size", type=int, default=32, help="images per generation batch (global unit of work)")
+    _flag(parser, "num_samples", type=flags.positive_int, default=50_000)
+    _flag(parser, "seed", type=flags.seed, default=0, help="image i uses seed + i")
+    _flag(parser, "batch_size", type=flags.positive_int, default=32, help="images per generation batch (global unit of work)")
     add_sampling_args(parser)
-    _flag(parser, "num_tokens", type=int, default=None, help="detail level (default: all tokens)")
+    _flag(parser, "num_tokens", type=flags.positive_int, default=None, help="detail level (default: all tokens)")
     _flag(parser, "transformer_dtype", choices=sorted(DTYPES), default="float32",
           help="generator weights (the release evaluated in bfloat16); the tokenizer stays float32")
     _flag(parser, "compile", action="store_true", help="static cache + torch.compile'd decoding step")
@@ -105,9 +106,9 @@ def add_tokenizer_eval_args(parser: argparse.ArgumentParser) -> argparse.Argumen
     _flag(parser, "data_dir", default=None, help="local imagefolder or parquet folder instead")
     _flag(parser, "split", default="validation")
     _flag(parser, "image_column", default=None)
-    _flag(parser, "num_samples", type=int, default=50_000, help="images read from the split (ImageNet val: 50 000)")
-    _flag(parser, "batch_size", type=int, default=32)
-    _flag(parser, "prefixes", type=int, nargs="+", default=None, help="token counts to evaluate (default: every level)")
+    _flag(parser, "num_samples", type=flags.positive_int, default=50_000, help="images read from the split (ImageNet val: 50 000)")
+    _flag(parser, "batch_size", type=flags.positive_int, default=32)
+    _flag(parser, "prefixes", type=flags.positive_int, nargs="+", default=None, help="token counts to evaluate (default: every level)")
     _flag(parser, "no_rfid", action="store_true", help="PSNR/SSIM only (no feature network)")
     _flag(parser, "output", default=None, help="JSON report path")
     _flag(parser, "device", default="cuda" if torch.cuda.is_available() else "cpu")

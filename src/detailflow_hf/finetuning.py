@@ -8,8 +8,6 @@ is needed for the small sets these recipes target. Used by `examples/finetune_lo
 
 from __future__ import annotations
 
-from . import flags
-
 import json
 import os
 from pathlib import Path
@@ -18,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.optimization import SchedulerType, get_scheduler
 from torch import nn
+
+from . import flags
 
 GENERATOR_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LABELS_FILE = "id2label.json"

@@ -91,3 +91,52 @@ def test_compiled_static_cache_path(gpt, expected):
     grafted = gpt.generate(labels, top_k=1, compile=True, callback=graft)
     assert torch.equal(grafted, gpt.generate(labels, top_k=1, callback=graft, use_cache=False))
     assert len(gpt._compiled_decoding) == 1
+
+
+# -- continuing a given prefix (image-conditioned generation) --------------------------------------------
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("scale", [1.0, 1.5])
+def test_every_prefix_continues_to_the_full_greedy_sequence(gpt, expected, use_cache, scale):
+    labels = expected["ar.labels"]
+    full = gpt.generate(labels, guidance_scale=scale, do_sample=False, use_cache=use_cache)
+    if scale == 1.5:
+        assert torch.equal(full, expected["ar.greedy.cfg1.5"])
+    for k in [0, *gpt.prefix_lengths()]:
+        again = gpt.generate(labels, guidance_scale=scale, do_sample=False, use_cache=use_cache, prefix_ids=full[:, :k])
+        assert torch.equal(again, full), k
+
+
+def test_sampled_continuations_keep_the_prefix_and_steps(gpt):
+    prefix = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    seen = []
+    out = gpt.generate([1, 2], prefix_ids=prefix, generator=[torch.Generator().manual_seed(s) for s in (3, 4)],
+                       callback=lambda step, tokens: seen.append((step, tokens.shape[1])))
+    assert torch.equal(out[:, :8], prefix) and out.shape == (2, 32)
+    assert seen == [(5, 12), (6, 16), (7, 20), (8, 24), (9, 28), (10, 32)]  # steps keep their schedule index
+    alone = gpt.generate([2], prefix_ids=prefix[1:], generator=[torch.Generator().manual_seed(4)])
+    assert torch.equal(alone, out[1:])  # per-image generators: independent of the batch
+    assert torch.equal(gpt.generate([1, 2], prefix_ids=prefix, num_tokens=8), prefix)  # nothing left to generate
+    assert gpt.generate([1, 2], prefix_ids=prefix, num_tokens=16).shape == (2, 16)
+
+
+@pytest.mark.parametrize(
+    "prefix, kwargs, message",
+    [
+        (torch.zeros(2, 5, dtype=torch.long), {}, r"prefix_ids hold 5 tokens, not a valid prefix length; expected one of \[0, 1, 2, 3, 4, 8"),
+        (torch.zeros(3, 4, dtype=torch.long), {}, r"prefix_ids must be integer ids of shape \(2, k\)"),
+        (torch.zeros(2, 4), {}, r"prefix_ids must be integer ids"),
+        (torch.full((2, 4), 128), {}, r"prefix_ids span \[128, 128\]; expected ids in \[0, 128\)"),
+        (torch.zeros(2, 12, dtype=torch.long), {"num_tokens": 8}, r"prefix_ids hold 12 tokens, more than num_tokens=8"),
+    ],
+)
+def test_bad_prefixes_are_named(gpt, prefix, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        gpt.generate([1, 2], prefix_ids=prefix, **kwargs)
+
+
+@pytest.mark.slow
+def test_compiled_path_continues_a_prefix(gpt, expected):
+    labels = expected["ar.labels"]
+    full = expected["ar.greedy.cfg1.5"]
+    for k in (0, 3, 8, 20):
+        assert torch.equal(gpt.generate(labels, top_k=1, compile=True, prefix_ids=full[:, :k]), full), k

@@ -357,6 +357,7 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
         generation_config: GenerationConfig | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_tokens: int | None = None,
+        prefix_ids: torch.LongTensor | None = None,
         callback: Callable[[int, torch.LongTensor], torch.LongTensor | None] | None = None,
         interrupt: Callable[[], bool] | None = None,
         use_cache: bool = True,
@@ -376,9 +377,13 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
                 takes the value of `generation_config`, else of `self.generation_config` (the model's
                 `generation_config.json`), else the original sampler's (see [`SamplingParams`]).
             num_tokens: stop after this many tokens (any prefix length of the schedule; default all).
+            prefix_ids: `(batch, k)` ids to continue from (e.g. an encoded image's first `k` tokens), `k`
+                0 or a valid prefix length; the result starts with exactly these. The cached path
+                feeds them in one forward (a prefill), then decodes the rest of the schedule as usual.
             callback: called after every decoding step as `callback(step, tokens)` with the ids so far
-                `(batch, k)`, `k` running through the valid prefix lengths. It may return a tensor of
-                the same shape: those ids then replace the tokens so far (the cache is rebuilt if needed).
+                `(batch, k)`, `k` running through the valid prefix lengths (`step` is the index of
+                `k` in the schedule). It may return a tensor of the same shape: those ids then replace
+                the tokens so far (the cache is rebuilt if needed).
             interrupt: called after every step; when it returns `True`, generation stops there and the
                 ids so far (a valid prefix) are returned.
             generator: one `torch.Generator`, or one per image. With a list, each image draws from
@@ -401,15 +406,16 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
         labels = self._check_labels(class_labels, allow_null=False)
         generators = _check_generators(generator, labels.shape[0])
         steps = self.prefix_lengths(num_tokens)
+        codes = self._check_prefix_ids(prefix_ids, labels.shape[0], steps[-1])
         use_cfg = params.guidance_scale > 1.0
-        batch = labels.shape[0]
         if use_cfg:
             labels = torch.cat([labels, torch.full_like(labels, self.config.null_class_id)])
         stepper = CachedStepper(self, labels, steps[-1], compile) if use_cache else RecomputeStepper(self, labels)
 
         g, c = self.config.group_size, self.config.causal_num
-        codes = torch.zeros(batch, 0, dtype=torch.long, device=self.device)
         for step, length in enumerate(steps):
+            if length <= codes.shape[1]:
+                continue  # given by prefix_ids
             logits = stepper(codes, length - codes.shape[1])
             if use_cfg:
                 scale = params.guidance_scale if length <= c else params.guidance_for_group(length // g - 1, self.config.num_tokens // g)
@@ -422,6 +428,27 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
             if interrupt is not None and interrupt():
                 break
         return DetailFlowGenerationOutput(sequences=codes) if return_dict else codes
+
+    def _check_prefix_ids(self, prefix_ids, batch: int, num_tokens: int) -> torch.LongTensor:
+        """`prefix_ids` as `(batch, k)` long ids on the model's device (`None`: `k = 0`)."""
+        if prefix_ids is None:
+            return torch.zeros(batch, 0, dtype=torch.long, device=self.device)
+        lengths = [0, *self.prefix_lengths()]
+        if not isinstance(prefix_ids, torch.Tensor) or prefix_ids.ndim != 2 or torch.is_floating_point(prefix_ids) \
+                or prefix_ids.shape[0] != batch:
+            shape = tuple(prefix_ids.shape) if isinstance(prefix_ids, torch.Tensor) else type(prefix_ids).__name__
+            raise ValueError(f"prefix_ids must be integer ids of shape ({batch}, k), one row per class label; got {shape}.")
+        k = prefix_ids.shape[1]
+        if k not in lengths:
+            raise ValueError(f"prefix_ids hold {k} tokens, not a valid prefix length; expected one of {lengths}.")
+        if k > num_tokens:
+            raise ValueError(f"prefix_ids hold {k} tokens, more than num_tokens={num_tokens}.")
+        vocab = self.config.vocab_size
+        if prefix_ids.numel() and (prefix_ids.min() < 0 or prefix_ids.max() >= vocab):
+            raise ValueError(
+                f"prefix_ids span [{prefix_ids.min().item()}, {prefix_ids.max().item()}]; expected ids in [0, {vocab})."
+            )
+        return prefix_ids.to(self.device, torch.long)
 
     def _replace_codes(self, codes: torch.LongTensor, replaced, stepper) -> torch.LongTensor:
         """Take a callback's ids for the tokens so far; a cache that saw other ids is rebuilt."""

@@ -27,8 +27,7 @@ from detailflow_hf import flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.evaluation.fid import FeatureStatistics, frechet_distance
 from detailflow_hf.metrics import psnr_per_detail_level
-from detailflow_hf.pipelines.utils import image_grid
-from detailflow_hf.training.data import to_tensor
+from detailflow_hf.image_processing import image_grid, to_tensor
 
 
 def load_split(folder: Path, class_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

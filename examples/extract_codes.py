@@ -22,18 +22,8 @@ from detailflow_hf import DetailFlowTokenizer
 from detailflow_hf import flags
 from detailflow_hf.training.arguments import add_dataset_args
 from detailflow_hf.training.codes import CodesWriter, codes_info_for, write_codes_info
-from detailflow_hf.training.data import (
-    DECODE_ERRORS,
-    SkipCounter,
-    center_crop_arr,
-    class_names,
-    image_name,
-    load_image_stream,
-    open_image,
-    split_for_process,
-    ten_crop,
-    to_tensor,
-)
+from detailflow_hf.image_processing import center_crop_arr, open_image, ten_crop, to_tensor
+from detailflow_hf.training.data import DECODE_ERRORS, SkipCounter, class_names, image_name, load_image_stream, split_for_process
 from detailflow_hf.training.self_correction import noise_token_index, noisy_encode
 
 logger = logging.getLogger(__name__)
@@ -58,9 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def image_crops(image: Image.Image, size: int, use_ten_crop: bool) -> torch.Tensor:
     """`(10 | 2, 3, size, size)` in [-1, 1]: ten crops, or the centre crop and its mirror image."""
     if use_ten_crop:
-        crops = ten_crop(center_crop_arr(image.convert("RGB"), int(size * 1.1)), size)
+        crops = ten_crop(center_crop_arr(image, int(size * 1.1)), size)
     else:
-        centre = center_crop_arr(image.convert("RGB"), size)
+        centre = center_crop_arr(image, size)
         crops = [centre, centre.transpose(Image.FLIP_LEFT_RIGHT)]
     return torch.stack([to_tensor(crop) for crop in crops])
 

@@ -40,7 +40,7 @@ from detailflow_hf.finetuning import (
     save_adapter,
     set_classes,
 )
-from detailflow_hf.pipelines.utils import image_grid
+from detailflow_hf.image_processing import image_grid
 
 
 def parse_args(argv=None):

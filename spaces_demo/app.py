@@ -19,7 +19,7 @@ import gradio as gr
 import torch
 
 from detailflow_hf import DEFAULT_MODEL, DetailFlowPipeline
-from detailflow_hf.pipelines.utils import upscale
+from detailflow_hf.image_processing import upscale
 
 DISPLAY_SIZE = 256
 CONCURRENCY = int(os.environ.get("DETAILFLOW_CONCURRENCY", "2"))

@@ -12,7 +12,7 @@ from transformers import Siglip2VisionConfig, Siglip2VisionModel
 
 from detailflow_hf import DetailFlowTokenizer
 from detailflow_hf.schedule import ResolutionSchedule
-from detailflow_hf.training.data import center_crop_arr, to_tensor
+from detailflow_hf.image_processing import center_crop_arr, to_tensor
 from detailflow_hf.training.degradation import (
     degrade,
     degraded_target,

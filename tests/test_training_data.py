@@ -7,17 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from detailflow_hf.training.data import (
-    ImageTransform,
-    build_train_stream,
-    center_crop_arr,
-    class_names,
-    load_image_stream,
-    make_loader,
-    random_crop_arr,
-    ten_crop,
-    to_tensor,
-)
+from detailflow_hf.image_processing import center_crop_arr, random_crop_arr, ten_crop, to_tensor
+from detailflow_hf.training.data import ImageTransform, build_train_stream, class_names, load_image_stream, make_loader
 from tests.image_folder import CLASSES, write_image_folder
 
 

@@ -105,7 +105,7 @@ def _check_output(output: Path, count: int, side: int, steps: int, progressive: 
 def _generate(args) -> int:
     import torch
 
-    from .pipelines.utils import image_grid, progressive_strip, upscale
+    from .image_processing import image_grid, progressive_strip, upscale
 
     pipe = _load_pipeline(args.model, args.device)
     pipe.set_progress_bar_config(disable=True)
@@ -205,10 +205,8 @@ def _add_reconstruct(subparsers):
 
 
 def _reconstruct(args) -> int:
-    from .image_processing import open_image
+    from .image_processing import center_crop_arr, image_grid, open_image, to_pil, to_tensor
     from .metrics import prefix_reconstructions, psnr
-    from .pipelines.utils import to_pil
-    from .training.data import center_crop_arr, to_tensor
 
     pipe = _load_pipeline(args.model, args.device)
     path = Path(args.image)
@@ -224,9 +222,7 @@ def _reconstruct(args) -> int:
     for k, reconstruction in levels.items():
         print(f"{k:6d}  {psnr(reconstruction, pixels).item():8.2f}")
     if args.output:
-        from .pipelines.utils import image_grid
-
-        image_grid([to_pil(rec[0]) for rec in levels.values()], columns=len(levels)).save(args.output)
+        image_grid([to_pil((rec[:1] + 1) / 2)[0] for rec in levels.values()], columns=len(levels)).save(args.output)
         print(f"wrote {args.output}")
     return 0
 

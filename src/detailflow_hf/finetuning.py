@@ -39,10 +39,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
-        from .training.data import center_crop_arr, open_image, to_tensor
+        from .image_processing import center_crop_arr, open_image, to_tensor
 
         row = self.rows[index]
-        image = center_crop_arr(open_image(row["image"]).convert("RGB"), self.size)
+        image = center_crop_arr(open_image(row["image"]), self.size)
         return {"pixel_values": to_tensor(image), "label": torch.tensor(int(row["label"]))}
 
 

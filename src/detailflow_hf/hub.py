@@ -22,6 +22,7 @@ TAGS = ["detailflow", "class-conditional", "autoregressive", "next-detail-predic
 CODE_FILES = [
     ("pipelines/pipeline_detailflow.py", "pipeline_detailflow.py"),
     ("pipelines/labels.py", "labels.py"),
+    ("image_processing.py", "image_processing.py"),
     ("models/tokenizer.py", "vqvae/detailflow_tokenizer.py"),
     ("schedule.py", "vqvae/schedule.py"),
     ("models/modeling_ar.py", "transformer/modeling_detailflow_ar.py"),

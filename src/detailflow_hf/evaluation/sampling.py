@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..image_processing import to_uint8
 from ..models.sampling import SAMPLING_ARGUMENTS
 from .fid import (
     FeatureExtractor,
@@ -55,12 +56,6 @@ def batches_of_process(num_batches: int, process_index: int, num_processes: int)
     if not 0 <= process_index < num_processes:
         raise ValueError(f"process_index {process_index} is outside [0, {num_processes}).")
     return list(range(process_index, num_batches, num_processes))
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Pipeline images `(batch, 3, H, W)` in [0, 1] -> `(batch, H, W, 3)` uint8, rounded as the
-    original's `clamp(127.5 x + 128, 0, 255)` cast (x in [-1, 1])."""
-    return (images.float() * 255 + 0.5).floor().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 
 from ..metrics import prefix_reconstructions, psnr, ssim
 from .fid import FeatureExtractor, StatisticsAccumulator, frechet_distance
-from .sampling import to_uint8
+from ..image_processing import center_crop_arr, open_image, to_tensor, to_uint8
 
 
 @dataclass
@@ -74,13 +74,12 @@ def evaluate_reconstruction(vqvae, batches: Iterable[torch.Tensor], prefixes: li
 def image_batches(rows: Iterable[dict], image_size: int, batch_size: int, limit: int | None = None) -> Iterator[torch.Tensor]:
     """Dataset rows with an `image` (undecoded or PIL) -> `(batch, 3, S, S)` in [-1, 1] batches,
     each image centre-cropped as ADM (`center_crop_arr`); stops after `limit` images."""
-    from ..training.data import center_crop_arr, open_image, to_tensor
 
     batch, seen = [], 0
     for row in rows:
         if limit is not None and seen >= limit:
             break
-        batch.append(to_tensor(center_crop_arr(open_image(row["image"]).convert("RGB"), image_size)))
+        batch.append(to_tensor(center_crop_arr(open_image(row["image"]), image_size)))
         seen += 1
         if len(batch) == batch_size:
             yield torch.stack(batch)

@@ -15,9 +15,8 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..image_processing import OUTPUT_TYPES, DetailFlowImageProcessor
 from .labels import ClassLabels, imagenet_id2label
-
-OUTPUT_TYPES = ("pil", "np", "pt")
 
 
 @dataclass
@@ -29,11 +28,13 @@ class DetailFlowPipelineOutput(BaseOutput):
         intermediates: with `return_intermediates=True`, one entry per decoding step (each trained
             prefix length), in the same `output_type`, resolutions growing; the last is `images`.
         token_ids: `(batch, num_tokens)` generated ids.
+        kept_tokens: with an `image`, how many of its encoded tokens start every sequence (else 0).
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     intermediates: list | None = None
     token_ids: torch.LongTensor | None = None
+    kept_tokens: int = 0
 
 
 def check_compatible(vqvae, transformer):
@@ -72,6 +73,7 @@ class DetailFlowPipeline(DiffusionPipeline):
         if id2label is not None:
             id2label = {int(k): v for k, v in id2label.items()}
         self.register_to_config(id2label=id2label)
+        self.image_processor = DetailFlowImageProcessor(vqvae.config.image_size)
         self.labels = ClassLabels(self._default_id2label(id2label), num_classes=transformer.config.num_classes)
 
     def _default_id2label(self, id2label):
@@ -214,10 +216,44 @@ class DetailFlowPipeline(DiffusionPipeline):
             raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not in {self._callback_tensor_inputs}.")
         return params
 
+    def auto_keep_tokens(self, short_side: int) -> int:
+        """The longest trained prefix whose resolution is at most `short_side` px (0 if none is):
+        what an image of that size actually shows."""
+        schedule = self.vqvae.schedule
+        fitting = [k for k in schedule.token_list if schedule.decoder_resolution(k) <= short_side]
+        return fitting[-1] if fitting else 0
+
+    @torch.no_grad()
+    def encode_prefix(self, image, keep_tokens: int | None = None) -> torch.LongTensor:
+        """The first `keep_tokens` token ids `(batch, k)` of `image` (see `__call__`), resized and
+        centre-cropped to the tokenizer's resolution; `None` keeps what the smallest input shows
+        (`auto_keep_tokens` of its shorter side)."""
+        valid = [0, *self.vqvae.schedule.token_list]
+        if keep_tokens is not None and (isinstance(keep_tokens, bool) or keep_tokens not in valid):
+            raise ValueError(f"keep_tokens={keep_tokens!r} is not a valid prefix length; expected one of {valid}.")
+        pixels, short_sides = self.image_processor.preprocess(image)
+        k = self.auto_keep_tokens(min(short_sides)) if keep_tokens is None else keep_tokens
+        ids = self.vqvae.encode(pixels.to(self._execution_device, self.vqvae.dtype)).token_ids
+        return ids[:, :k]
+
+    @staticmethod
+    def _pair(class_ids: list[int], prefix_ids: torch.LongTensor) -> tuple[list[int], torch.LongTensor]:
+        """One image for every label, one label for every image, or as many of each."""
+        images = prefix_ids.shape[0]
+        if images == len(class_ids):
+            return class_ids, prefix_ids
+        if images == 1:
+            return class_ids, prefix_ids.expand(len(class_ids), -1)
+        if len(class_ids) == 1:
+            return class_ids * images, prefix_ids
+        raise ValueError(f"got {images} images for {len(class_ids)} class labels; pass one of either, or as many of each.")
+
     @torch.no_grad()
     def __call__(
         self,
         class_labels: int | str | list[int | str],
+        image=None,
+        keep_tokens: int | None = None,
         guidance_scale: float | None = None,
         num_tokens: int | None = None,
         gradual_guidance: bool | None = None,
@@ -238,6 +274,16 @@ class DetailFlowPipeline(DiffusionPipeline):
 
         Args:
             class_labels: ids or names (`"golden retriever"`), one or a list.
+            image: start from an image instead of from nothing: a PIL image or a list of them, a
+                `(batch, H, W, 3)` array or a `(batch, 3, H, W)` tensor with values in [0, 1]. It is
+                resized and centre-cropped to the tokenizer's resolution and encoded; its first
+                `keep_tokens` ids are kept and the rest is generated under `class_labels` (its own
+                class: a variation; another: class transfer). One image goes with every label, one
+                label with every image, or as many of each.
+            keep_tokens: how much of the image to keep: 0 or a trained prefix length (more keeps more
+                of its detail). Default: what the input shows, the longest prefix whose resolution is
+                at most the (smallest) input's shorter side, so a thumbnail keeps its coarse image and
+                the model adds the detail (detail completion).
             guidance_scale: classifier-free guidance `s` (>= 1; 1 disables it). Default: the model's
                 (`pipe.transformer.generation_config`; a converted release carries the value its
                 authors evaluate with: 1.45 / 1.5 / 1.32 for DetailFlow-16 / -32 / -64).
@@ -261,15 +307,24 @@ class DetailFlowPipeline(DiffusionPipeline):
             [`DetailFlowPipelineOutput`] (or a tuple `(images,)`, plus the intermediates when asked).
         """
         class_ids = self.get_label_ids(class_labels)
+        prefix_ids = None
+        if image is not None:
+            class_ids, prefix_ids = self._pair(class_ids, self.encode_prefix(image, keep_tokens))
+            prefix_ids = prefix_ids.repeat_interleave(num_images_per_prompt, dim=0)
+        elif keep_tokens is not None:
+            raise ValueError("keep_tokens needs an image to keep the tokens of.")
         params = self.check_inputs(
             class_ids, num_tokens, num_images_per_prompt, generator, output_type, callback_on_step_end_tensor_inputs,
             guidance_scale=guidance_scale, gradual_guidance=gradual_guidance, do_sample=do_sample,
             temperature=temperature, top_k=top_k, top_p=top_p,
         )
+        kept = 0 if prefix_ids is None else prefix_ids.shape[1]
+        steps = self.prefix_lengths(num_tokens)
+        if kept > steps[-1]:
+            raise ValueError(f"keep_tokens={kept} is more than num_tokens={steps[-1]}.")
         self._interrupt = False
         class_ids = [class_id for class_id in class_ids for _ in range(num_images_per_prompt)]
-        steps = self.prefix_lengths(num_tokens)
-        with self.progress_bar(total=len(steps)) as progress:
+        with self.progress_bar(total=len([k for k in steps if k > kept])) as progress:
 
             def on_step(step: int, tokens: torch.LongTensor):
                 progress.update()
@@ -283,6 +338,7 @@ class DetailFlowPipeline(DiffusionPipeline):
                 generation_config=params.to_generation_config(),
                 generator=generator,
                 num_tokens=steps[-1],
+                prefix_ids=prefix_ids,
                 callback=on_step,
                 interrupt=lambda: self.interrupt,
                 compile=compile,
@@ -295,14 +351,10 @@ class DetailFlowPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images, intermediates) if return_intermediates else (images,)
-        return DetailFlowPipelineOutput(images=images, intermediates=intermediates, token_ids=token_ids)
+        return DetailFlowPipelineOutput(images=images, intermediates=intermediates, token_ids=token_ids, kept_tokens=kept)
 
     @torch.no_grad()
     def decode(self, token_ids: torch.LongTensor, output_type: str = "pil"):
         """Decode `(batch, k)` ids at the resolution `k` maps to; images in [0, 1] as `output_type`."""
         sample = self.vqvae.decode(token_ids.to(self._execution_device)).sample
-        images = (sample.float() / 2 + 0.5).clamp(0, 1)
-        if output_type == "pt":
-            return images
-        images = images.permute(0, 2, 3, 1).cpu().numpy()
-        return self.numpy_to_pil(images) if output_type == "pil" else images
+        return DetailFlowImageProcessor.postprocess(sample, output_type)

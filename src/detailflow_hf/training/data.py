@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..image_processing import open_image
+from ..image_processing import center_crop_arr, open_image, random_crop_arr, to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -99,57 +99,7 @@ def class_names(dataset) -> list[str] | None:
     return list(feature.names) if isinstance(feature, ClassLabel) else None
 
 
-# -- augmentation (SPEC 6.1.1, 6.2: ADM's crops, BOX halving then BICUBIC) -------------------------
-def _halve_while_large(image: Image.Image, short_side: int) -> Image.Image:
-    while min(image.size) >= 2 * short_side:
-        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
-    return image
-
-
-def _resize_short_side(image: Image.Image, short_side: int) -> Image.Image:
-    image = _halve_while_large(image, short_side)
-    scale = short_side / min(image.size)
-    return image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
-
-
-def center_crop_arr(image: Image.Image, size: int) -> Image.Image:
-    """Short side to `size` (BOX halving, then BICUBIC), centre `size x size` crop."""
-    arr = np.asarray(_resize_short_side(image, size))
-    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
-    return Image.fromarray(arr[top : top + size, left : left + size])
-
-
-def random_crop_arr(
-    image: Image.Image, size: int, rng: np.random.Generator, min_scale: float = 1.0, max_scale: float = 1.25
-) -> Image.Image:
-    """Short side to a random integer in `[ceil(size*min_scale), ceil(size*max_scale)]` (256..320 for
-    256, as the original's crop fractions 0.8..1), then a random `size x size` crop."""
-    low, high = math.ceil(size * min_scale), math.ceil(size * max_scale)
-    if low < size or high < low:
-        raise ValueError(f"need size <= ceil(size*min_scale) <= ceil(size*max_scale), got {size}, {low}, {high}.")
-    arr = np.asarray(_resize_short_side(image, int(rng.integers(low, high + 1))))
-    top = int(rng.integers(0, arr.shape[0] - size + 1))
-    left = int(rng.integers(0, arr.shape[1] - size + 1))
-    return Image.fromarray(arr[top : top + size, left : left + size])
-
-
-def ten_crop(image: Image.Image, size: int) -> list[Image.Image]:
-    """Four corners and the centre of `image`, then the same five of its mirror image (10 crops)."""
-    crops = []
-    for view in (image, image.transpose(Image.FLIP_LEFT_RIGHT)):
-        w, h = view.size
-        corners = [(0, 0), (w - size, 0), (0, h - size), (w - size, h - size)]
-        corners.append(((w - size) // 2, (h - size) // 2))
-        crops += [view.crop((x, y, x + size, y + size)) for x, y in corners]
-    return crops
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL -> (3, H, W) float32 in [-1, 1], as `ToTensor` + `Normalize(0.5, 0.5)`."""
-    arr = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
-    return (arr.float() / 255 - 0.5) / 0.5
-
-
+# -- augmentation (ADM's crops, `image_processing`) -----------------------------------------------
 @dataclass
 class ImageTransform:
     """Training augmentation: random (or centre) crop to `size`, optional horizontal flip, [-1, 1]."""
@@ -378,13 +328,8 @@ __all__ = [
     "ShuffledStream",
     "SkipCounter",
     "build_train_stream",
-    "center_crop_arr",
     "class_names",
     "load_image_stream",
     "make_loader",
-    "open_image",
-    "random_crop_arr",
     "split_for_process",
-    "ten_crop",
-    "to_tensor",
 ]

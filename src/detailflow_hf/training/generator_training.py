@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..image_processing import image_grid, to_pil
 from ..models.configuration_ar import DetailFlowARConfig
 from ..models.modeling_ar import DetailFlowForImageGeneration
 
@@ -97,10 +98,7 @@ def check_codes_match_tokenizer(info, tokenizer):
 
 def sample_grid(images: torch.Tensor):
     """`(B, 3, H, W)` in [0, 1] -> one PIL image, the samples side by side."""
-    from PIL import Image
-
-    row = torch.cat(list(images.float().clamp(0, 1)), dim=-1)
-    return Image.fromarray((row.permute(1, 2, 0) * 255).round().byte().cpu().numpy())
+    return image_grid(to_pil(images), columns=images.shape[0])
 
 
 def inputs_and_targets(

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..image_processing import to_uint8
 from ..models.tokenizer import RELEASED_DECODER, RELEASED_ENCODER, DetailFlowTokenizer
 from .arguments import load_preset
 from .dead_codes import DeadCodeRestarter
@@ -465,5 +466,5 @@ def reconstruction_grid(tokenizer: DetailFlowTokenizer, images: torch.Tensor, nu
     tokenizer.train(was_training)
     grid = torch.stack(columns, dim=1)  # (B, columns, 3, M, M)
     b, c = grid.shape[:2]
-    grid = grid.permute(0, 3, 1, 4, 2).reshape(b * size, c * size, 3)
-    return (grid.float().clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8).cpu().numpy()
+    grid = grid.permute(0, 2, 3, 1, 4).reshape(b, 3, size, c * size).permute(1, 0, 2, 3).reshape(1, 3, b * size, c * size)
+    return to_uint8((grid.float() + 1) / 2)[0]

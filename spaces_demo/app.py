@@ -1,4 +1,5 @@
-"""DetailFlow Space: pick a class and watch the image sharpen, token group by token group.
+"""DetailFlow Space: pick a class and watch the image sharpen, token group by token group; or start
+from an image, keep its coarse tokens and watch the detail regrow.
 
     python spaces_demo/app.py                      # serves on $GRADIO_SERVER_PORT (default 7860)
 
@@ -14,12 +15,13 @@ import os
 import queue
 import tempfile
 import threading
+from pathlib import Path
 
 import gradio as gr
 import torch
 
 from detailflow_hf import DEFAULT_MODEL, DetailFlowPipeline
-from detailflow_hf.image_processing import upscale
+from detailflow_hf.image_processing import open_image, upscale
 
 DISPLAY_SIZE = 256
 CONCURRENCY = int(os.environ.get("DETAILFLOW_CONCURRENCY", "2"))
@@ -48,39 +50,52 @@ class Demo:
     def __init__(self, pipe: DetailFlowPipeline):
         self.pipe = pipe
         self.steps = pipe.prefix_lengths()
+        self.keep_choices = [0, *self.steps]  # the "keep" slider moves over these
+        # by default keep the first half of the tokens: the layout stays, the detail is regrown
+        self.default_keep_index = max(i for i, k in enumerate(self.keep_choices) if k <= self.steps[-1] // 2)
+
+    def _resolution(self, k: int) -> int:
+        return self.pipe.vqvae.schedule.decoder_resolution(k) if k else 0
 
     def detail_choices(self) -> list[tuple[str, int]]:
-        schedule = self.pipe.vqvae.schedule
-        return [(f"{k} tokens ({schedule.decoder_resolution(k)} px)", k) for k in self.steps]
+        return [(f"{k} tokens ({self._resolution(k)} px)", k) for k in self.steps]
+
+    def keep_label(self, index) -> str:
+        k = self.keep_choices[int(index)]
+        return f"keeps **{k} tokens** ({self._resolution(k)} px)" if k else "keeps nothing (plain generation)"
 
     def class_choices(self) -> list[str]:
         names = self.pipe.labels.names()
         return names or [str(i) for i in range(self.pipe.transformer.config.num_classes)]
 
-    def _arguments(self, class_label, guidance_scale, seed, num_tokens) -> dict:
+    def _arguments(self, class_label, guidance_scale, seed, num_tokens=None, image=None, keep_tokens=None) -> dict:
+        """Checked pipeline arguments; every mistake becomes a `gr.Error` with the pipeline's own message."""
         try:
             class_id = self.pipe.get_label_ids(str(class_label).strip())[0]
             num_tokens = int(num_tokens) if num_tokens not in (None, "") else self.steps[-1]
             seed = int(seed)
             guidance_scale = float(guidance_scale) if guidance_scale not in (None, "") else None  # None: the model's
             self.pipe.check_inputs([class_id], num_tokens, 1, None, "pil", None, guidance_scale=guidance_scale)
-        except (ValueError, TypeError) as error:
+            arguments = dict(class_labels=[class_id], guidance_scale=guidance_scale, num_tokens=num_tokens)
+            if image is not None or keep_tokens is not None:
+                if image is None:
+                    raise ValueError("give an image to start from.")
+                image = open_image(image)  # a file path from the upload box or the API
+                arguments.update(image=image, keep_tokens=int(keep_tokens) if keep_tokens not in (None, "") else None)
+        except (ValueError, TypeError, OSError) as error:
             raise gr.Error(str(error)) from error
-        generator = torch.Generator(self.pipe.transformer.device).manual_seed(seed)
-        return dict(class_labels=[class_id], guidance_scale=guidance_scale, num_tokens=num_tokens, generator=generator)
+        arguments["generator"] = torch.Generator(self.pipe.transformer.device).manual_seed(seed)
+        return arguments
 
-    def generate(self, class_label, guidance_scale, seed, num_tokens):
-        """API: the final image only."""
-        arguments = self._arguments(class_label, guidance_scale, seed, num_tokens)
+    def _final(self, arguments) -> str:
         try:
             image = self.pipe(**arguments).images[0]
         except (ValueError, TypeError) as error:  # the pipeline's own message, not a generic "Error"
             raise gr.Error(str(error)) from error
         return upscale(image, DISPLAY_SIZE)
 
-    def generate_progressive(self, class_label, guidance_scale, seed, num_tokens):
-        """UI: yields (current image, gallery so far) after every decoding step, coarse to fine."""
-        arguments = self._arguments(class_label, guidance_scale, seed, num_tokens)
+    def _stream(self, arguments):
+        """Yields (current image, gallery so far) after every decoding step, coarse to fine."""
         previews: queue.Queue = queue.Queue()
 
         def on_step(pipe, step, k, callback_kwargs):
@@ -93,45 +108,104 @@ class Demo:
                 previews.put(error)
             previews.put(None)
 
-        threading.Thread(target=run, daemon=True).start()
         gallery = []
         # Frames go out as files written once: re-sending PIL images makes gradio rewrite a cached
         # file while the browser may still be reading it.
         with tempfile.TemporaryDirectory(prefix="detailflow-demo-") as frames:
-            while (tokens := previews.get()) is not None:
-                if isinstance(tokens, Exception):
-                    raise gr.Error(str(tokens))
+
+            def frame(tokens: torch.LongTensor) -> str:
                 path = os.path.join(frames, f"{tokens.shape[1]:04d}.png")
                 upscale(self.pipe.decode(tokens, output_type="pil")[0], DISPLAY_SIZE).save(path)
                 gallery.append((path, f"{tokens.shape[1]} tokens"))
-                yield path, gallery
+                return path
+
+            if arguments.get("image") is not None:  # the image's kept coarse version comes first
+                prefix = self.pipe.encode_prefix(arguments["image"], arguments.get("keep_tokens"))
+                if prefix.shape[1]:
+                    yield frame(prefix), gallery
+            threading.Thread(target=run, daemon=True).start()
+            while (tokens := previews.get()) is not None:
+                if isinstance(tokens, Exception):
+                    raise gr.Error(str(tokens))
+                yield frame(tokens), gallery
+
+    def generate(self, class_label, guidance_scale, seed, num_tokens):
+        """API: the final image only."""
+        return self._final(self._arguments(class_label, guidance_scale, seed, num_tokens))
+
+    def generate_progressive(self, class_label, guidance_scale, seed, num_tokens):
+        """UI: the image after every decoding step."""
+        yield from self._stream(self._arguments(class_label, guidance_scale, seed, num_tokens))
+
+    def vary(self, image, keep_tokens, class_label, guidance_scale, seed):
+        """API: keep the first `keep_tokens` tokens of `image` (None: what its resolution shows), regrow the rest."""
+        return self._final(self._arguments(class_label, guidance_scale, seed, image=image, keep_tokens=keep_tokens))
+
+    def vary_progressive(self, image, keep_index, class_label, guidance_scale, seed):
+        """UI: the kept coarse image, then every step of the regrown detail."""
+        keep_tokens = self.keep_choices[int(keep_index)]
+        yield from self._stream(self._arguments(class_label, guidance_scale, seed, image=image, keep_tokens=keep_tokens))
+
+
+EXAMPLES = sorted(str(p) for p in (Path(__file__).resolve().parent / "examples").glob("*.png"))
 
 
 def build_demo(pipe: DetailFlowPipeline | None = None) -> gr.Blocks:
     demo_state = Demo(pipe or load_pipeline())
+    classes = demo_state.class_choices()
+    model_guidance = demo_state.pipe.sampling_params().guidance_scale  # the sliders start at the model's
+
+    def class_and_guidance():
+        label = gr.Dropdown(classes, value=classes[0], label="Class", filterable=True, allow_custom_value=True)
+        guidance = gr.Slider(1.0, max(5.0, model_guidance), value=model_guidance, step=0.01, label="Guidance scale")
+        return label, guidance, gr.Number(value=0, precision=0, label="Seed")
+
     with gr.Blocks(title="DetailFlow: coarse-to-fine image generation") as demo:
         gr.Markdown(
             "# DetailFlow\nNext-detail prediction ([arXiv 2505.21473](https://arxiv.org/abs/2505.21473)): the first tokens "
             "give the global layout at a low resolution, each further group adds detail."
         )
-        with gr.Row():
-            with gr.Column():
-                class_label = gr.Dropdown(
-                    demo_state.class_choices(), value=demo_state.class_choices()[0], label="Class",
-                    filterable=True, allow_custom_value=True, elem_id="class-label",
-                )
-                model_guidance = demo_state.pipe.sampling_params().guidance_scale  # the slider starts at the model's
-                guidance = gr.Slider(1.0, max(5.0, model_guidance), value=model_guidance, step=0.01, label="Guidance scale")
-                seed = gr.Number(value=0, precision=0, label="Seed")
-                detail = gr.Dropdown(demo_state.detail_choices(), value=demo_state.steps[-1], label="Detail level")
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
-            with gr.Column():
-                image = gr.Image(label="Image", type="filepath", elem_id="result", format="png")
-                gallery = gr.Gallery(label="Coarse to fine", columns=6, height="auto", elem_id="gallery")
-        inputs = [class_label, guidance, seed, detail]
-        button.click(demo_state.generate_progressive, inputs, [image, gallery], api_name="generate_progressive")
-        api_button = gr.Button(visible=False)
-        api_button.click(demo_state.generate, inputs, image, api_name="generate")
+        with gr.Tab("Generate"):
+            with gr.Row():
+                with gr.Column():
+                    class_label, guidance, seed = class_and_guidance()
+                    class_label.elem_id = "class-label"
+                    detail = gr.Dropdown(demo_state.detail_choices(), value=demo_state.steps[-1], label="Detail level")
+                    button = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Column():
+                    image = gr.Image(label="Image", type="filepath", elem_id="result", format="png")
+                    gallery = gr.Gallery(label="Coarse to fine", columns=6, height="auto", elem_id="gallery")
+            inputs = [class_label, guidance, seed, detail]
+            button.click(demo_state.generate_progressive, inputs, [image, gallery], api_name="generate_progressive")
+            api_button = gr.Button(visible=False)
+            api_button.click(demo_state.generate, inputs, image, api_name="generate")
+        with gr.Tab("From an image"):
+            gr.Markdown(
+                "Keep the first tokens of an image (its coarse structure, at the resolution they decode to) and let "
+                "the model regrow the detail: under the image's own class for variations, under another for class "
+                "transfer. A small image keeps all it shows and gets its detail completed."
+            )
+            with gr.Row():
+                with gr.Column():
+                    source = gr.Image(label="Start from", type="filepath", elem_id="vary-input")
+                    if EXAMPLES:
+                        gr.Examples(EXAMPLES, inputs=source)
+                    default_keep = demo_state.default_keep_index
+                    keep = gr.Slider(0, len(demo_state.keep_choices) - 1, value=default_keep, step=1,
+                                     label="How much to keep (decoding steps)", elem_id="vary-keep")
+                    keep_info = gr.Markdown(demo_state.keep_label(default_keep))
+                    keep.change(demo_state.keep_label, keep, keep_info, api_name=False)
+                    vary_class, vary_guidance, vary_seed = class_and_guidance()
+                    vary_button = gr.Button("Regrow the detail", variant="primary", elem_id="vary")
+                with gr.Column():
+                    vary_image = gr.Image(label="Image", type="filepath", elem_id="vary-result", format="png")
+                    vary_gallery = gr.Gallery(label="Kept, then coarse to fine", columns=6, height="auto", elem_id="vary-gallery")
+            vary_button.click(demo_state.vary_progressive, [source, keep, vary_class, vary_guidance, vary_seed],
+                              [vary_image, vary_gallery], api_name="vary_progressive")
+            keep_tokens = gr.Number(visible=False, precision=0)
+            vary_api = gr.Button(visible=False)
+            vary_api.click(demo_state.vary, [source, keep_tokens, vary_class, vary_guidance, vary_seed], vary_image,
+                           api_name="vary")
     return demo.queue(max_size=64, default_concurrency_limit=CONCURRENCY)
 
 

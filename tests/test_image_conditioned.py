@@ -92,3 +92,56 @@ def test_bad_image_inputs_are_named(pipe, photo, kwargs, message):
     kwargs = {"class_labels": [1], "image": photo, **kwargs}
     with pytest.raises(ValueError, match=message):
         pipe(**kwargs)
+
+
+# -- the CLI and the Space --------------------------------------------------------------------------
+def test_cli_vary_writes_the_kept_image_then_the_variations(converted_dir, pipe, photo, tmp_path):
+    import subprocess
+    import sys
+
+    photo.save(tmp_path / "in.png")
+    result = subprocess.run(
+        [sys.executable, "-m", "detailflow_hf.cli", "vary", "--model", str(converted_dir), "--image", str(tmp_path / "in.png"),
+         "--keep-tokens", "8", "--class", "3", "--num-images", "3", "--seed", "4", "--output", str(tmp_path / "v.png"),
+         "--progressive"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("kept 8 tokens (24 px) of ")
+    grid = np.asarray(Image.open(tmp_path / "v.png"))
+    assert grid.shape == (64, 4 * 64, 3)
+    kept = pipe.decode(pipe.encode_prefix(photo, 8))[0].resize((64, 64), Image.NEAREST)
+    assert np.array_equal(grid[:, :64], np.asarray(kept))
+    second = pipe(class_labels=[3], image=photo, keep_tokens=8, generator=[torch.Generator().manual_seed(5)]).images[0]
+    assert np.array_equal(grid[:, 128:192], np.asarray(second))  # variation i is seeded with seed + i
+    assert Image.open(tmp_path / "v_progressive.png").size == (11 * 64, 3 * 64)
+    bad = subprocess.run([sys.executable, "-m", "detailflow_hf.cli", "vary", "--model", str(converted_dir), "--image",
+                          str(tmp_path / "in.png"), "--keep-tokens", "5", "--class", "3", "--output", str(tmp_path / "w.png")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "keep_tokens=5 is not a valid prefix length" in bad.stderr.splitlines()[-1]
+
+
+def test_space_vary_api(pipe, photo, tmp_path):
+    gradio = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
+    from gradio_client import Client, handle_file
+
+    from .test_spaces_demo import app_module_from_path, free_port
+
+    app = app_module_from_path()
+    demo = app.build_demo(pipe)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        photo.save(tmp_path / "in.png")
+        client = Client(url, verbose=False)
+        assert "/vary" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        path = client.predict(handle_file(str(tmp_path / "in.png")), 8, "3", 1.5, 7, api_name="/vary")
+        expected = pipe(class_labels=[3], image=photo, keep_tokens=8, generator=torch.Generator().manual_seed(7)).images[0]
+        assert Image.open(path).resize((64, 64), Image.NEAREST).tobytes() == expected.tobytes()
+        job = client.submit(handle_file(str(tmp_path / "in.png")), 5, "3", 1.5, 7, api_name="/vary_progressive")
+        job.result(timeout=120)
+        steps = [k for k in pipe.prefix_lengths() if k > 8]
+        assert len(job.outputs()) == 1 + len(steps)  # the kept image (index 5: 8 tokens), then each regrown step
+        with pytest.raises(Exception, match="keep_tokens=5 is not a valid prefix length"):
+            client.predict(handle_file(str(tmp_path / "in.png")), 5, "3", 1.5, 7, api_name="/vary")
+    finally:
+        demo.close()

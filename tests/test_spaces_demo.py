@@ -10,6 +10,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -26,15 +27,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_module():
+def app_module_from_path():
+    """`spaces_demo/app.py` imported as the module `app`."""
     sys.path.insert(0, str(APP.parent))
     try:
         import app
 
-        yield app
+        return app
     finally:
         sys.path.remove(str(APP.parent))
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    return app_module_from_path()
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +107,7 @@ def test_page_in_a_real_browser(converted_dir, tmp_path):
         env["DETAILFLOW_MODEL"] = str(converted_dir)
     model = DetailFlowPipeline.from_pretrained(env.get("DETAILFLOW_MODEL") or detailflow_hf.DEFAULT_MODEL)
     steps, first_class = len(model.prefix_lengths()), model.labels.names()[0] if model.labels.names() else "0"
+    keep_choices = [0, *model.prefix_lengths()]
     server = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
@@ -123,12 +130,26 @@ def test_page_in_a_real_browser(converted_dir, tmp_path):
             assert first_class in page.content()
             page.wait_for_function(f"document.querySelectorAll('#gallery img').length >= {steps}", timeout=120_000)
             src = page.get_attribute("#result img", "src")
+            page.locator("#result img").screenshot(path=str(tmp_path / "result.png"))
+
+            # second tab: start from an example image, keep its coarse tokens, regrow the detail
+            page.get_by_role("tab", name="From an image").click()
+            page.locator("button.gallery-item").last.click()
+            page.wait_for_selector("#vary-input img", timeout=30_000)
+            page.click("#vary")
+            kept = max(k for k in keep_choices if k <= keep_choices[-1] // 2)  # the slider's default: half the tokens
+            frames = (1 if kept else 0) + len([k for k in keep_choices[1:] if k > kept])
+            page.wait_for_function(f"document.querySelectorAll('#vary-gallery img').length >= {frames}", timeout=120_000)
+            page.locator("#vary-result img").screenshot(path=str(tmp_path / "vary.png"))
+            assert f"keeps <strong>{kept} tokens</strong>" in page.content()
             page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
             if os.environ.get("DETAILFLOW_SCREENSHOT"):
                 shutil.copy(tmp_path / "demo.png", os.environ["DETAILFLOW_SCREENSHOT"])
             browser.close()
         assert src and ("/file=" in src or "gradio_api" in src or src.startswith("data:"))
-        assert Image.open(tmp_path / "demo.png").size[0] > 0
+        for shot in ("result.png", "vary.png"):  # a generated picture, not the empty page background
+            pixels = np.asarray(Image.open(tmp_path / shot).convert("RGB"), dtype=np.float32)
+            assert pixels.shape[0] >= 200 and pixels.std() > 10 and (np.abs(pixels - pixels[0, 0]).max(-1) > 30).mean() > 0.05, shot
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -1,4 +1,4 @@
-"""`detailflow-hf`: generate, convert, reconstruct, write model cards, evaluate. Thin: parse, call, report."""
+"""`detailflow-hf`: generate, vary an image, convert, reconstruct, write model cards, evaluate. Thin: parse, call, report."""
 
 from __future__ import annotations
 
@@ -155,6 +155,87 @@ def _generate(args) -> int:
     return 0
 
 
+# -- vary -------------------------------------------------------------------------------------------
+def _add_vary(subparsers):
+    p = subparsers.add_parser(
+        "vary", help="keep an image's first tokens (its coarse structure) and regrow the detail under a class",
+        description="Variations (the image's own class), class transfer (another class) or detail completion "
+        "(a small input: by default the tokens its resolution shows are kept).",
+    )
+    p.add_argument("--model", help="pipeline folder or Hub repo id (default: the embedded model)")
+    p.add_argument("--image", required=True, help="an image file (resized and centre-cropped to the model's size)")
+    p.add_argument("--keep-tokens", type=flags.non_negative_int,
+                   help="tokens of the image to keep: 0 or a trained prefix length (default: what the image's resolution shows)")
+    p.add_argument("--class", dest="classes", action="append", required=True, metavar="NAME_OR_ID",
+                   help="class to regrow the detail under (repeatable)")
+    p.add_argument("--num-images", type=flags.positive_int, default=4, help="variations per class")
+    p.add_argument("--seed", type=flags.seed, default=0, help="variation i uses seed + i")
+    add_sampling_args(p)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--output", required=True, help="FILE.png: the kept coarse image first, then the variations")
+    p.add_argument("--progressive", action="store_true", help="also save the coarse-to-fine strip of every variation")
+    p.add_argument("--display-size", type=flags.int_range(1, 4096, "a size in pixels"),
+                   help="enlarge grid cells and strip frames to N px (nearest), for small models")
+    p.set_defaults(func=_vary)
+
+
+def _vary(args) -> int:
+    import torch
+    from PIL import Image
+
+    from .image_processing import image_grid, open_image, progressive_strip, upscale
+
+    output = Path(args.output)
+    if output.suffix.lower() not in IMAGE_SUFFIXES or output.is_dir():
+        raise UsageError(f"--output {output}: expected a grid file ending in {'/'.join(IMAGE_SUFFIXES)}.")
+    path = Path(args.image)
+    if not path.is_file():
+        raise UsageError(f"image {path} does not exist.")
+    try:
+        image = open_image(path)
+    except OSError as error:
+        raise UsageError(f"cannot read image {path}: {error}") from error
+    pipe = _load_pipeline(args.model, args.device)
+    pipe.set_progress_bar_config(disable=True)
+    class_ids = pipe.get_label_ids(args.classes)
+    count = len(class_ids) * args.num_images
+    if args.seed + count - 1 > flags.MAX_SEED:
+        raise UsageError(f"--seed {args.seed}: the {count} images use seeds up to {args.seed + count - 1}, above {flags.MAX_SEED}.")
+    prefix = pipe.encode_prefix(image, args.keep_tokens)
+    kept = prefix.shape[1]
+    pipe.check_inputs(class_ids, None, args.num_images, None, "pil", None, **sampling_arguments(args))
+    steps = pipe.prefix_lengths()
+    side = args.display_size or pipe.vqvae.schedule.decoder_resolution(steps[-1])
+    _check_output(output, count + 1, side, len(steps), args.progressive)
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    cells = [pipe.decode(prefix, output_type="pil")[0] if kept else Image.new("RGB", (side, side), "white")]
+    strips = []
+    labels = [c for c in class_ids for _ in range(args.num_images)]
+    for start in range(0, count, BATCH_SIZE):
+        batch = range(start, min(start + BATCH_SIZE, count))
+        out = pipe(
+            class_labels=[labels[i] for i in batch],
+            image=image,
+            keep_tokens=kept,
+            generator=[torch.Generator(args.device).manual_seed(args.seed + i) for i in batch],
+            return_intermediates=args.progressive,
+            **sampling_arguments(args),
+        )
+        cells += list(out.images)
+        if args.progressive:
+            strips += [progressive_strip(out.intermediates, j, args.display_size) for j in range(len(batch))]
+    cells = [upscale(cell, side) for cell in cells]  # the kept image is at its own (low) resolution
+    image_grid(cells, columns=min(len(cells), args.num_images + 1)).save(output)
+    print(f"kept {kept} tokens ({pipe.vqvae.schedule.decoder_resolution(kept) if kept else 0} px) of {path}")
+    print(output)
+    if args.progressive:
+        strip = output.with_name(output.stem + "_progressive" + output.suffix)
+        image_grid(strips, columns=1).save(strip)
+        print(strip)
+    return 0
+
+
 # -- convert ----------------------------------------------------------------------------------------
 def _add_convert(subparsers):
     p = subparsers.add_parser("convert", help="convert an original DetailFlow release to a pipeline folder")
@@ -292,7 +373,7 @@ def _eval_tokenizer(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detailflow-hf", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_convert, _add_reconstruct, _add_card, _add_eval_generation, _add_eval_tokenizer):
+    for add in (_add_generate, _add_vary, _add_convert, _add_reconstruct, _add_card, _add_eval_generation, _add_eval_tokenizer):
         add(subparsers)
     return parser
 

@@ -144,7 +144,7 @@ def test_space_slider_starts_at_the_model_guidance(guided):
         sys.path.remove(str(ROOT / "spaces_demo"))
     demo = app.build_demo(guided)
     sliders = [c["props"] for c in demo.config["components"] if c["props"].get("label") == "Guidance scale"]
-    assert [s["value"] for s in sliders] == [3.0]
+    assert [s["value"] for s in sliders] == [3.0, 3.0]  # both tabs
     assert app.Demo(guided)._arguments("4", None, 0, 32)["guidance_scale"] is None  # left out: the model's
 
 

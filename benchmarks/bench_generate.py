@@ -15,6 +15,7 @@ import argparse
 import statistics
 import threading
 import time
+from functools import partial
 
 import torch
 
@@ -25,7 +26,13 @@ from detailflow_hf.models.modeling_ar import CachedStepper
 def build_model(device: str, dtype: torch.dtype) -> DetailFlowForImageGeneration:
     torch.manual_seed(0)
     config = DetailFlowARConfig(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, vocab_size=8192, num_tokens=128, group_size=8, num_classes=1000
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        vocab_size=8192,
+        num_tokens=128,
+        group_size=8,
+        num_classes=1000,
     )
     model = DetailFlowForImageGeneration(config)
     torch.nn.init.normal_(model.lm_head.weight, std=0.02)  # the zero init would make every draw uniform
@@ -99,17 +106,19 @@ def run_cpu(args):
     for batch in args.batches:
         labels = torch.arange(batch) % 1000
         gen = torch.Generator().manual_seed(0)
-        reference, ref_mem = median_time(
-            lambda: model.generate(labels, guidance_scale=1.5, generator=gen, use_cache=False), "cpu", args.repeats
+        reference_run = partial(model.generate, labels, guidance_scale=1.5, generator=gen, use_cache=False)
+        reference, ref_mem = median_time(reference_run, "cpu", args.repeats)
+        fast, fast_mem = median_time(
+            partial(model.generate, labels, guidance_scale=1.5, generator=gen), "cpu", args.repeats
         )
-        fast, fast_mem = median_time(lambda: model.generate(labels, guidance_scale=1.5, generator=gen), "cpu", args.repeats)
         codes = torch.randint(0, 8192, (batch, 128), generator=gen)
         cfg_labels = torch.cat([labels, torch.full_like(labels, 1000)])
-        floor, _ = median_time(lambda: bare_cached_passes(model, cfg_labels, codes), "cpu", args.repeats)
+        floor, _ = median_time(partial(bare_cached_passes, model, cfg_labels, codes), "cpu", args.repeats)
         speedups[batch] = reference / fast
         print(
             f"batch {batch:3d}: reference {reference:7.3f} s  fast {fast:7.3f} s  speedup: {reference / fast:.2f}x  "
-            f"tokens/s {batch * 128 / fast:9.1f}  peak memory ref {ref_mem / 2**20:7.1f} MiB fast {fast_mem / 2**20:7.1f} MiB  "
+            f"tokens/s {batch * 128 / fast:9.1f}  peak memory ref {ref_mem / 2**20:7.1f} MiB fast "
+            f"{fast_mem / 2**20:7.1f} MiB  "
             f"floor {floor:7.3f} s  fast/floor {fast / floor:.2f}x",
             flush=True,
         )
@@ -126,8 +135,10 @@ def run_accelerator(args):
         labels = torch.arange(batch, device=args.device) % 1000
         gen = torch.Generator(args.device).manual_seed(0)
         model.generate(labels, generator=gen, compile=args.compile)  # compile / warm-up
-        reference, _ = median_time(lambda: model.generate(labels, generator=gen, use_cache=False), args.device, args.repeats)
-        fast, memory = median_time(lambda: model.generate(labels, generator=gen, compile=args.compile), args.device, args.repeats)
+        reference_run = partial(model.generate, labels, generator=gen, use_cache=False)
+        reference, _ = median_time(reference_run, args.device, args.repeats)
+        fast_run = partial(model.generate, labels, generator=gen, compile=args.compile)
+        fast, memory = median_time(fast_run, args.device, args.repeats)
         print(
             f"{label} batch {batch}: reference {reference * 1000:8.1f} ms  fast {fast * 1000:8.1f} ms  "
             f"speedup: {reference / fast:.2f}x  images/s {batch / fast:8.1f}  peak memory {memory / 2**20:.0f} MiB",

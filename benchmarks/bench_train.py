@@ -51,7 +51,9 @@ def bench_generator(config: str, batch_size: int, steps: int, warmup: int, mixed
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = EMA(accelerator.unwrap_model(model).parameters(), preset.ema_decay)
     batch = {
-        "codes": torch.randint(0, CODES["vocab_size"], (batch_size, CODES["num_tokens"], 3), device=accelerator.device),
+        "codes": torch.randint(
+            0, CODES["vocab_size"], (batch_size, CODES["num_tokens"], 3), device=accelerator.device
+        ),
         "label": torch.randint(0, CODES["num_classes"], (batch_size,), device=accelerator.device),
     }
     times = []
@@ -64,8 +66,10 @@ def bench_generator(config: str, batch_size: int, steps: int, warmup: int, mixed
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"generator {config} ({params:.1f}M params) on {accelerator.device}, batch {batch_size}, "
-          f"{mixed_precision}: {median * 1e3:.1f} ms/step, {batch_size / median:.1f} images/s")
+    print(
+        f"generator {config} ({params:.1f}M params) on {accelerator.device}, batch {batch_size}, "
+        f"{mixed_precision}: {median * 1e3:.1f} ms/step, {batch_size / median:.1f} images/s"
+    )
     return batch_size / median
 
 
@@ -88,8 +92,10 @@ def bench_tokenizer(config: str, batch_size: int, steps: int, warmup: int, mixed
         if i >= warmup:
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    print(f"tokenizer {config} on {accelerator.device}, batch {batch_size}, {mixed_precision}, "
-          f"{'with' if gan else 'before'} the GAN: {median * 1e3:.1f} ms/step, {batch_size / median:.1f} images/s")
+    print(
+        f"tokenizer {config} on {accelerator.device}, batch {batch_size}, {mixed_precision}, "
+        f"{'with' if gan else 'before'} the GAN: {median * 1e3:.1f} ms/step, {batch_size / median:.1f} images/s"
+    )
     return batch_size / median
 
 

@@ -35,7 +35,10 @@ def main():
                 differ = int((ids != reference).sum())
                 ok = differ == 0 if dtype == torch.float32 else True
                 failures += not ok
-                print(f"{str(dtype):15s} {key:26s} {name:9s} ids differing from the fixture: {differ:3d}/{ids.numel()} {'ok' if ok else 'FAIL'}")
+                print(
+                    f"{str(dtype):15s} {key:26s} {name:9s} ids differing from the fixture: "
+                    f"{differ:3d}/{ids.numel()} {'ok' if ok else 'FAIL'}"
+                )
     print("all float32 paths equal the fixture" if failures == 0 else f"{failures} float32 mismatches")
     raise SystemExit(1 if failures else 0)
 

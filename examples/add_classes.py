@@ -22,12 +22,19 @@ import torch
 from accelerate import Accelerator
 
 from detailflow_hf import DetailFlowPipeline
-from detailflow_hf.finetuning import ImageFolderDataset, add_finetune_args, encode_images, generator_loss, run_training, set_classes
+from detailflow_hf.image_datasets import ImageFolderDataset
+from detailflow_hf.training.adapters import set_classes
+from detailflow_hf.training.finetuning import add_finetune_args, encode_images, generator_loss, run_training
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_finetune_args(parser, "base pipeline folder or Hub repo id", "images of the new classes (imagefolder or parquet)", learning_rate=2e-5)
+    add_finetune_args(
+        parser,
+        "base pipeline folder or Hub repo id",
+        "images of the new classes (imagefolder or parquet)",
+        learning_rate=2e-5,
+    )
     return parser.parse_args(argv)
 
 
@@ -48,15 +55,25 @@ def main(argv=None) -> int:
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
     run_training(
-        accelerator, model, optimizer, loader, args.max_train_steps,
-        lambda batch: generator_loss(model, encode_images(pipe.vqvae, batch["pixel_values"]), batch["label"] + first_new, group_size),
-        lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
+        accelerator,
+        model,
+        optimizer,
+        loader,
+        args.max_train_steps,
+        lambda batch: generator_loss(
+            model, encode_images(pipe.vqvae, batch["pixel_values"]), batch["label"] + first_new, group_size
+        ),
+        lr_scheduler=args.lr_scheduler,
+        lr_warmup_steps=args.lr_warmup_steps,
     )
     if accelerator.is_main_process:
         transformer = accelerator.unwrap_model(model).eval()
         grown = DetailFlowPipeline(vqvae=pipe.vqvae, transformer=transformer, id2label=transformer.config.id2label)
         grown.save_pretrained(args.output_dir)
-        print(f"wrote {args.output_dir}: classes {first_new}..{transformer.config.num_classes - 1} are {data.class_names}")
+        print(
+            f"wrote {args.output_dir}: classes {first_new}..{transformer.config.num_classes - 1} are "
+            f"{data.class_names}"
+        )
     return 0
 
 

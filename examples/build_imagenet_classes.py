@@ -23,7 +23,18 @@ TARGET = Path(__file__).resolve().parents[1] / "src" / "detailflow_hf" / "pipeli
 
 def download_wheel(directory: str) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d", directory, f"timm=={TIMM_VERSION}"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+            directory,
+            f"timm=={TIMM_VERSION}",
+        ],
         check=True,
     )
     return next(Path(directory).glob("timm-*.whl"))
@@ -33,7 +44,9 @@ def read_classes(wheel: Path) -> list[dict[str, str]]:
     with zipfile.ZipFile(wheel) as archive:
         synsets = archive.read("timm/data/_info/imagenet_synsets.txt").decode().split()
         lemmas = dict(
-            line.split("\t", 1) for line in archive.read("timm/data/_info/imagenet_synset_to_lemma.txt").decode().splitlines() if "\t" in line
+            line.split("\t", 1)
+            for line in archive.read("timm/data/_info/imagenet_synset_to_lemma.txt").decode().splitlines()
+            if "\t" in line
         )
     if len(synsets) != 1000:
         raise SystemExit(f"expected 1000 synsets in {wheel}, found {len(synsets)}")
@@ -42,7 +55,7 @@ def read_classes(wheel: Path) -> list[dict[str, str]]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--wheel", type=Path, help="a downloaded timm wheel (default: download timm==%s)" % TIMM_VERSION)
+    parser.add_argument("--wheel", type=Path, help=f"a downloaded timm wheel (default: download timm=={TIMM_VERSION})")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         wheel = args.wheel or download_wheel(tmp)

@@ -30,11 +30,15 @@ def write_card(embedded: DetailFlowPipeline, results: dict):
         load_from="detailflow_hf.DEFAULT_MODEL",
         remote_code=False,
         description=(
-            "DetailFlow-tiny, the model embedded in `detailflow_hf` (`detailflow_hf.DEFAULT_MODEL`): trained from scratch "
-            "by this package's own training scripts (`examples/train_default_model.sh`, about an hour on a 2-core CPU) "
+            "DetailFlow-tiny, the model embedded in `detailflow_hf` (`detailflow_hf.DEFAULT_MODEL`): "
+            "trained from scratch "
+            "by this package's own training scripts (`examples/train_default_model.sh`, about an hour "
+            "on a 2-core CPU) "
             "on the Noto Color Emoji font rendered at 32 px, labelled by the 9 Unicode emoji groups: the tokenizer "
-            "(`examples/configs/emoji_tokenizer.yaml`: MSE + VQ losses, dead-code restarts, batch 16), then its decoder "
-            "alone with the lr annealed to 0 (`examples/finetune_tokenizer_decoder.py`), then the generator on the codes "
+            "(`examples/configs/emoji_tokenizer.yaml`: MSE + VQ losses, dead-code restarts, batch 16), "
+            "then its decoder "
+            "alone with the lr annealed to 0 (`examples/finetune_tokenizer_decoder.py`), then the "
+            "generator on the codes "
             "(`examples/configs/emoji_generator.yaml`). It exists so that the CLI, the quick start and the Space run "
             "offline; it is not ImageNet-quality."
         ),
@@ -42,11 +46,15 @@ def write_card(embedded: DetailFlowPipeline, results: dict):
             "tokenizer PSNR, all tokens (held-out)": f"{psnr[max(psnr, key=int)]} dB",
             "tokenizer PSNR per token count (held-out)": ", ".join(f"{k}: {v}" for k, v in psnr.items()),
             "classifier accuracy on held-out real images": results["classifier_heldout_accuracy"],
-            f"class accuracy of {results['num_samples']} generated images (chance {results['chance']})": results["generated_class_accuracy"],
-            "Frechet distance, generated vs held-out (classifier features)": results["frechet_distance_generated_vs_heldout"],
+            f"class accuracy of {results['num_samples']} generated images (chance {results['chance']})": results[
+                "generated_class_accuracy"
+            ],
+            "Frechet distance, generated vs held-out (classifier features)": results[
+                "frechet_distance_generated_vs_heldout"
+            ],
             "Frechet distance, train vs held-out (classifier features)": results["frechet_distance_train_vs_heldout"],
             "sampling": f"guidance_scale={results['guidance_scale']}, top_k={results['top_k']}, "
-                        f"temperature={results['temperature']}",
+            f"temperature={results['temperature']}",
         },
     )
     card.save(TARGET / "README.md")
@@ -55,7 +63,9 @@ def write_card(embedded: DetailFlowPipeline, results: dict):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--results", required=True, help="examples/eval_default_model.py output (a PNG grid beside it)")
+    parser.add_argument(
+        "--results", required=True, help="examples/eval_default_model.py output (a PNG grid beside it)"
+    )
     parser.add_argument("--data_dir", required=True, help="the emoji dataset (for the group names)")
     args = parser.parse_args(argv)
 

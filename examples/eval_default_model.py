@@ -22,11 +22,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from detailflow_hf import DetailFlowPipeline
-from detailflow_hf import flags
+from detailflow_hf import DetailFlowPipeline, flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.evaluation.fid import FeatureStatistics, frechet_distance
-from detailflow_hf.metrics import psnr_per_detail_level
+from detailflow_hf.evaluation.metrics import psnr_per_detail_level
 from detailflow_hf.image_processing import image_grid, to_tensor
 
 
@@ -47,8 +46,15 @@ class Classifier(nn.Module):
         super().__init__()
         layers, channels = [], 3
         for width in (32, 64, 128):
-            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                       nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.Conv2d(width, width, 3, padding=1),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             channels = width
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(channels, num_classes)
@@ -71,7 +77,7 @@ def train_classifier(images, labels, num_classes: int, epochs: int, seed: int) -
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), 64):
-            batch, target = images[order[start:start + 64]], labels[order[start:start + 64]]
+            batch, target = images[order[start : start + 64]], labels[order[start : start + 64]]
             if torch.rand((), generator=generator) < 0.5:
                 batch = batch.flip(-1)
             shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
@@ -86,14 +92,16 @@ def train_classifier(images, labels, num_classes: int, epochs: int, seed: int) -
 
 @torch.no_grad()
 def classify(model: Classifier, images: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-    features = torch.cat([model.features(images[i:i + 256]) for i in range(0, len(images), 256)])
+    features = torch.cat([model.features(images[i : i + 256]) for i in range(0, len(images), 256)])
     return model.head(features).argmax(-1), features.numpy()
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="the pipeline folder to measure")
-    parser.add_argument("--data_dir", required=True, help="output of examples/build_emoji_dataset.py (train/, heldout/)")
+    parser.add_argument(
+        "--data_dir", required=True, help="output of examples/build_emoji_dataset.py (train/, heldout/)"
+    )
     parser.add_argument("--output", required=True, help="results JSON; a sample grid PNG is written beside it")
     parser.add_argument("--num_samples", type=flags.positive_int, default=200)
     add_sampling_args(parser)
@@ -125,8 +133,12 @@ def main(argv=None):
         "classifier_heldout_accuracy": round((held_pred == held_y).float().mean().item(), 4),
         "generated_class_accuracy": round((gen_pred == torch.tensor(labels)).float().mean().item(), 4),
         "chance": round(1 / len(class_names), 4),
-        "frechet_distance_generated_vs_heldout": round(frechet_distance(FeatureStatistics.from_features(gen_features), held_stats), 3),
-        "frechet_distance_train_vs_heldout": round(frechet_distance(FeatureStatistics.from_features(train_features), held_stats), 3),
+        "frechet_distance_generated_vs_heldout": round(
+            frechet_distance(FeatureStatistics.from_features(gen_features), held_stats), 3
+        ),
+        "frechet_distance_train_vs_heldout": round(
+            frechet_distance(FeatureStatistics.from_features(train_features), held_stats), 3
+        ),
         "num_samples": args.num_samples,
         **sampling,
         "classes": class_names,
@@ -134,9 +146,14 @@ def main(argv=None):
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=1))
-    per_class = [pipe(class_labels=[c] * 6, generator=[torch.Generator().manual_seed(100 + 6 * c + j) for j in range(6)],
-                      **sampling).images
-                 for c in range(len(class_names))]
+    per_class = [
+        pipe(
+            class_labels=[c] * 6,
+            generator=[torch.Generator().manual_seed(100 + 6 * c + j) for j in range(6)],
+            **sampling,
+        ).images
+        for c in range(len(class_names))
+    ]
     grid = image_grid([im.resize((64, 64), Image.NEAREST) for row in per_class for im in row], columns=6)
     grid.save(output.with_suffix(".png"))
     print(json.dumps(results, indent=1))

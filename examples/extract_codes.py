@@ -1,4 +1,4 @@
-"""Extract token codes of an image dataset with a trained DetailFlow tokenizer (SPEC 6.2).
+"""Extract token codes of an image dataset with a trained DetailFlow tokenizer (docs/algorithm.md §6.5).
 
     python examples/extract_codes.py --tokenizer PATH --output_dir codes/ [--train_data_dir DIR | --dataset_name ID]
     accelerate launch --num_processes 8 examples/extract_codes.py ...   # each process writes its own shards
@@ -18,12 +18,12 @@ from accelerate import Accelerator
 from PIL import Image
 from tqdm.auto import tqdm
 
-from detailflow_hf import DetailFlowTokenizer
-from detailflow_hf import flags
+from detailflow_hf import DetailFlowTokenizer, flags
+from detailflow_hf.image_datasets import class_names, load_image_stream
+from detailflow_hf.image_processing import center_crop_arr, open_image, ten_crop, to_tensor
 from detailflow_hf.training.arguments import add_dataset_args
 from detailflow_hf.training.codes import CodesWriter, codes_info_for, write_codes_info
-from detailflow_hf.image_processing import center_crop_arr, open_image, ten_crop, to_tensor
-from detailflow_hf.training.data import DECODE_ERRORS, SkipCounter, class_names, image_name, load_image_stream, split_for_process
+from detailflow_hf.training.data import DECODE_ERRORS, SkipCounter, image_name, split_for_process
 from detailflow_hf.training.self_correction import noise_token_index, noisy_encode
 
 logger = logging.getLogger(__name__)
@@ -37,9 +37,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split", default="train")
     parser.add_argument("--ten_crop", action="store_true", help="10 crops of a 1.1x centre crop per image")
     parser.add_argument("--no_correction", dest="correction", action="store_false", help="clean codes only")
-    parser.add_argument("--num_classes", type=flags.positive_int, default=None, help="needed when labels are not a ClassLabel")
+    parser.add_argument(
+        "--num_classes", type=flags.positive_int, default=None, help="needed when labels are not a ClassLabel"
+    )
     parser.add_argument("--rows_per_shard", type=flags.positive_int, default=10000)
-    parser.add_argument("--max_images", type=flags.positive_int, default=None, help="stop after this many images per process")
+    parser.add_argument(
+        "--max_images", type=flags.positive_int, default=None, help="stop after this many images per process"
+    )
     parser.add_argument("--seed", type=flags.int_range(0, 2**32 - 1, "a seed"), default=0)
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     return parser.parse_args(argv)
@@ -70,7 +74,9 @@ def main(argv=None) -> int:
     if num_classes is None:
         raise ValueError("the label column is not a ClassLabel: pass --num_classes.")
     info = codes_info_for(tokenizer, num_classes, names, crops=10 if args.ten_crop else 2, triples=args.correction)
-    writer = CodesWriter(args.output_dir, info, accelerator.process_index, accelerator.num_processes, args.rows_per_shard)
+    writer = CodesWriter(
+        args.output_dir, info, accelerator.process_index, accelerator.num_processes, args.rows_per_shard
+    )
     generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
     skipped = SkipCounter()
 
@@ -83,7 +89,9 @@ def main(argv=None) -> int:
         except DECODE_ERRORS as error:
             skipped.record(image_name({**row, "_row": index}), error)
             continue
-        k = noise_token_index(schedule.num_tokens, schedule.group_size, schedule.causal_num, args.correction, generator)
+        k = noise_token_index(
+            schedule.num_tokens, schedule.group_size, schedule.causal_num, args.correction, generator
+        )
         with torch.no_grad(), accelerator.autocast():
             encoded = noisy_encode(tokenizer, pixels, k, generator=generator)
         codes = encoded.code_triples() if args.correction else encoded.clean_ids[..., None]

@@ -26,26 +26,19 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from detailflow_hf import DetailFlowPipeline
-from detailflow_hf import flags
+from detailflow_hf import DetailFlowPipeline, flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
-from detailflow_hf.finetuning import (
-    ImageFolderDataset,
-    add_finetune_args,
-    add_generator_lora,
-    encode_images,
-    generator_loss,
-    load_adapter,
-    run_training,
-    save_adapter,
-    set_classes,
-)
+from detailflow_hf.image_datasets import ImageFolderDataset
 from detailflow_hf.image_processing import image_grid
+from detailflow_hf.training.adapters import add_generator_lora, load_adapter, save_adapter, set_classes
+from detailflow_hf.training.finetuning import add_finetune_args, encode_images, generator_loss, run_training
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_finetune_args(parser, "base pipeline folder or Hub repo id", "imagefolder or parquet folder with labels", learning_rate=1e-4)
+    add_finetune_args(
+        parser, "base pipeline folder or Hub repo id", "imagefolder or parquet folder with labels", learning_rate=1e-4
+    )
     parser.add_argument("--rank", type=flags.positive_int, default=8)
     parser.add_argument("--lora_alpha", type=flags.positive_float, default=None, help="default: the rank")
     add_sampling_args(parser, default="the base model's")  # for the sample grid
@@ -60,22 +53,34 @@ def main(argv=None) -> int:
     data = ImageFolderDataset(args.train_data_dir, pipe.vqvae.config.image_size)
     set_classes(pipe.transformer, data.class_names, keep_existing=False)
     model = add_generator_lora(pipe.transformer, rank=args.rank, alpha=args.lora_alpha)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=0.0
+    )
     loader = torch.utils.data.DataLoader(data, batch_size=args.train_batch_size, shuffle=True, drop_last=False)
     group_size = pipe.transformer.config.group_size
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
     run_training(
-        accelerator, model, optimizer, loader, args.max_train_steps,
-        lambda batch: generator_loss(model, encode_images(pipe.vqvae, batch["pixel_values"]), batch["label"], group_size),
-        lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
+        accelerator,
+        model,
+        optimizer,
+        loader,
+        args.max_train_steps,
+        lambda batch: generator_loss(
+            model, encode_images(pipe.vqvae, batch["pixel_values"]), batch["label"], group_size
+        ),
+        lr_scheduler=args.lr_scheduler,
+        lr_warmup_steps=args.lr_warmup_steps,
     )
     if accelerator.is_main_process:
         output = Path(args.output_dir)
         adapter = save_adapter(accelerator.unwrap_model(model), output / "adapter")
         base = DetailFlowPipeline.from_pretrained(args.model)
-        merged = DetailFlowPipeline(vqvae=base.vqvae, transformer=load_adapter(base.transformer, adapter).eval(),
-                                    id2label=dict(enumerate(data.class_names)))
+        merged = DetailFlowPipeline(
+            vqvae=base.vqvae,
+            transformer=load_adapter(base.transformer, adapter).eval(),
+            id2label=dict(enumerate(data.class_names)),
+        )
         merged.save_pretrained(output / "merged")
         merged.set_progress_bar_config(disable=True)
         generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(data.class_names))]

@@ -22,12 +22,16 @@ import torch
 from accelerate import Accelerator
 
 from detailflow_hf import flags
-from detailflow_hf.finetuning import ImageFolderDataset, add_finetune_args, decoder_loss, decoder_parameters, load_tokenizer, run_training
+from detailflow_hf.image_datasets import ImageFolderDataset
+from detailflow_hf.loading import load_tokenizer
+from detailflow_hf.training.finetuning import add_finetune_args, decoder_loss, decoder_parameters, run_training
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_finetune_args(parser, "pipeline or tokenizer folder, or Hub repo id", "imagefolder or parquet folder", learning_rate=1e-5)
+    add_finetune_args(
+        parser, "pipeline or tokenizer folder, or Hub repo id", "imagefolder or parquet folder", learning_rate=1e-5
+    )
     parser.add_argument("--degradation_prob", type=flags.float_range(0.0, 1.0, what="probability"), default=0.2)
     return parser.parse_args(argv)
 
@@ -45,9 +49,14 @@ def main(argv=None) -> int:
     generator = torch.Generator().manual_seed(args.seed)  # the same degradation draws on every process
 
     run_training(
-        accelerator, vqvae, optimizer, loader, args.max_train_steps,
+        accelerator,
+        vqvae,
+        optimizer,
+        loader,
+        args.max_train_steps,
         lambda batch: decoder_loss(vqvae, schedule, batch["pixel_values"], args.degradation_prob, generator),
-        lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
+        lr_scheduler=args.lr_scheduler,
+        lr_warmup_steps=args.lr_warmup_steps,
     )
     if accelerator.is_main_process:
         accelerator.unwrap_model(vqvae).eval().save_pretrained(args.output_dir)

@@ -1,4 +1,4 @@
-"""Train the DetailFlow class-conditional generator on extracted codes (SPEC 6.3).
+"""Train the DetailFlow class-conditional generator on extracted codes (docs/algorithm.md §6.5).
 
     python examples/train_generator.py --tokenizer PATH --codes_dir codes/ --output_dir out/ --config tiny
     accelerate launch --num_processes 8 examples/train_generator.py --config GPT-L --mixed_precision bf16 ...
@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from detailflow_hf import DetailFlowPipeline, DetailFlowTokenizer
-from detailflow_hf import flags
+from detailflow_hf import DetailFlowPipeline, DetailFlowTokenizer, flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.models.sampling import SamplingParams
 from detailflow_hf.training.arguments import add_common_args, check_common_args, load_preset, make_accelerator
@@ -62,10 +61,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_args(parser)
     parser.add_argument("--tokenizer", required=True, help="the DetailFlowTokenizer the codes came from")
     parser.add_argument("--codes_dir", required=True, help="output of examples/extract_codes.py")
-    parser.add_argument("--ema_decay", type=flags.float_range(0.0, 1.0, what="decay"), default=None, help="default: preset (0.9999 for GPT-*)")
+    parser.add_argument(
+        "--ema_decay",
+        type=flags.float_range(0.0, 1.0, what="decay"),
+        default=None,
+        help="default: preset (0.9999 for GPT-*)",
+    )
     parser.add_argument("--max_grad_norm", type=flags.positive_float, default=None, help="default: preset (1.0)")
-    parser.add_argument("--correction_prob", type=flags.float_range(0.0, 1.0, what="probability"), default=None, help="default: preset (0.3)")
-    parser.add_argument("--sample_steps", type=flags.positive_int, default=None, help="sample images every N steps (default: preset)")
+    parser.add_argument(
+        "--correction_prob",
+        type=flags.float_range(0.0, 1.0, what="probability"),
+        default=None,
+        help="default: preset (0.3)",
+    )
+    parser.add_argument(
+        "--sample_steps", type=flags.positive_int, default=None, help="sample images every N steps (default: preset)"
+    )
     # The sampling the exported model's generation_config.json holds (and the sample images use).
     add_sampling_args(parser, default="the original sampler's (guidance 1.5, full distribution)")
     return parser.parse_args(argv)
@@ -74,9 +85,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def resolve_preset(args):
     values = load_preset(args.config, PRESETS)
     overrides = {
-        "learning_rate": args.learning_rate, "train_batch_size": args.train_batch_size,
-        "max_train_steps": args.max_train_steps, "ema_decay": args.ema_decay, "max_grad_norm": args.max_grad_norm,
-        "correction_prob": args.correction_prob, "sample_steps": args.sample_steps,
+        "learning_rate": args.learning_rate,
+        "train_batch_size": args.train_batch_size,
+        "max_train_steps": args.max_train_steps,
+        "ema_decay": args.ema_decay,
+        "max_grad_norm": args.max_grad_norm,
+        "correction_prob": args.correction_prob,
+        "sample_steps": args.sample_steps,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return preset_from_dict(values)
@@ -142,8 +157,15 @@ def main(argv=None) -> TrainSummary:
     while step < stop_at:
         batch = next(batches)
         shards_seen.update(batch.pop("shard").tolist())
-        result = train_step(accelerator, model, {k: v.to(accelerator.device) for k, v in batch.items()},
-                            optimizer, scheduler, preset, ema)
+        result = train_step(
+            accelerator,
+            model,
+            {k: v.to(accelerator.device) for k, v in batch.items()},
+            optimizer,
+            scheduler,
+            preset,
+            ema,
+        )
         if not result.synced:
             continue
         step += 1
@@ -152,15 +174,25 @@ def main(argv=None) -> TrainSummary:
         progress.update(1)
         if step % args.logging_steps == 0 or step == stop_at:
             loss = accelerator.reduce(torch.tensor(result.loss, device=accelerator.device), "mean").item()
-            logs = {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": result.grad_norm,
-                    "images_per_second": summary.images_per_second}
+            logs = {
+                "loss": loss,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": result.grad_norm,
+                "images_per_second": summary.images_per_second,
+            }
             progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{summary.images_per_second:.1f}")
             accelerator.log(logs, step=step)
         if step % preset.sample_steps == 0 and accelerator.is_main_process:
             log_samples(accelerator, tokenizer, unwrapped, ema, step, args, info.num_classes)
         if step % args.checkpointing_steps == 0 or step == stop_at:
-            save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit, per_process=[loader],
-                            shared=[scheduler, ema])
+            save_checkpoint(
+                accelerator,
+                args.output_dir,
+                step,
+                args.checkpoints_total_limit,
+                per_process=[loader],
+                shared=[scheduler, ema],
+            )
     progress.close()
     summary.global_step = step
 

@@ -1,4 +1,4 @@
-"""Train a DetailFlow tokenizer with accelerate on a streamed image dataset (SPEC 6.1).
+"""Train a DetailFlow tokenizer with accelerate on a streamed image dataset (docs/algorithm.md §6.1-6.4).
 
     python examples/train_tokenizer.py --config tiny --train_data_dir ./images --output_dir out
     accelerate launch --num_processes 8 examples/train_tokenizer.py --config DetailFlow-16 \\
@@ -36,7 +36,9 @@ logger = logging.getLogger("train_tokenizer")
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--image_logging_steps", type=flags.positive_int, default=500, help="save a reconstruction grid every N steps")
+    parser.add_argument(
+        "--image_logging_steps", type=flags.positive_int, default=500, help="save a reconstruction grid every N steps"
+    )
     args = parser.parse_args(argv)
     check_common_args(args)
     if args.gradient_accumulation_steps != 1:
@@ -69,9 +71,14 @@ def main(argv=None):
     state = build_train_state(config, accelerator, global_batch, max_steps, args.learning_rate)
 
     stream = build_train_stream(
-        resolution=config.tokenizer["image_size"], seed=args.seed, accelerator=accelerator,
-        dataset_name=args.dataset_name, train_data_dir=args.train_data_dir, image_column=args.image_column,
-        label_column=args.label_column, shuffle_buffer_size=args.shuffle_buffer_size,
+        resolution=config.tokenizer["image_size"],
+        seed=args.seed,
+        accelerator=accelerator,
+        dataset_name=args.dataset_name,
+        train_data_dir=args.train_data_dir,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        shuffle_buffer_size=args.shuffle_buffer_size,
     )
     loader = make_loader(stream, batch_size, args.dataloader_num_workers)
     per_process = [loader, *state.per_process_state()]  # this rank's stream position, LeCam EMAs, code usage
@@ -97,11 +104,15 @@ def main(argv=None):
         images_seen += images.shape[0] * accelerator.num_processes
         rate = images_seen / (time.perf_counter() - start)
         progress.update(1)
-        progress.set_postfix(loss=f"{logs['g_loss']:.4f}", d_loss=f"{logs.get('d_loss', 0.0):.4f}", img_s=f"{rate:.1f}")
+        progress.set_postfix(
+            loss=f"{logs['g_loss']:.4f}", d_loss=f"{logs.get('d_loss', 0.0):.4f}", img_s=f"{rate:.1f}"
+        )
         if step % args.logging_steps == 0:
             accelerator.log({**logs, "images_per_second": rate}, step=step)
         if step % args.checkpointing_steps == 0 or step == stop:
-            save_checkpoint(accelerator, output_dir, step, args.checkpoints_total_limit, per_process, state.shared_state())
+            save_checkpoint(
+                accelerator, output_dir, step, args.checkpoints_total_limit, per_process, state.shared_state()
+            )
         if accelerator.is_main_process and (step % args.image_logging_steps == 0 or step == stop):
             log_images(accelerator, tokenizer, images, output_dir, step)
     progress.close()

@@ -1,6 +1,7 @@
 """Measure image-conditioned generation on the embedded model's held-out emoji.
 
-    python scripts/measure_image_conditioned.py [--model DIR] [--images tests/fixtures/emoji_heldout] [--output results.json]
+    python scripts/measure_image_conditioned.py [--model DIR] [--images tests/fixtures/emoji_heldout] \
+        [--output results.json]
 
 1. Variations: each held-out emoji is encoded, its first k tokens kept, and 4 variations drawn
    under its own class (per-image seeds). Per k: the mean absolute pixel distance (0..1) of a
@@ -53,7 +54,9 @@ def main(argv=None):
     files = sorted(Path(args.images).glob("*.png"))
     images = [open_image(f) for f in files]
     size = pipe.vqvae.config.image_size
-    slugs = {pipe.id2label[i].split(", ")[-1]: i for i in pipe.id2label}  # files are named <group slug>_<codepoints>.png
+    slugs = {
+        pipe.id2label[i].split(", ")[-1]: i for i in pipe.id2label
+    }  # files are named <group slug>_<codepoints>.png
     labels = [next(i for slug, i in slugs.items() if f.name.startswith(slug + "_")) for f in files]
     originals = np.stack([np.asarray(im.resize((size, size), Image.BICUBIC)) for im in images])
     schedule = pipe.vqvae.schedule
@@ -64,13 +67,21 @@ def main(argv=None):
         dist_in, dist_between = [], []
         for i, image in enumerate(images):
             gens = [torch.Generator().manual_seed(1000 * i + j) for j in range(n)]
-            out = pipe(class_labels=[labels[i]], image=image, keep_tokens=k, num_images_per_prompt=n,
-                       generator=gens, output_type="np").images
+            out = pipe(
+                class_labels=[labels[i]],
+                image=image,
+                keep_tokens=k,
+                num_images_per_prompt=n,
+                generator=gens,
+                output_type="np",
+            ).images
             dist_in.append(np.abs(out - originals[i] / 255.0).mean())
             dist_between.append(np.mean([np.abs(out[a] - out[b]).mean() for a in range(n) for b in range(a + 1, n)]))
-        report["variations"][k] = {"resolution": schedule.decoder_resolution(k),
-                                   "to_input": round(float(np.mean(dist_in)), 4),
-                                   "between": round(float(np.mean(dist_between)), 4)}
+        report["variations"][k] = {
+            "resolution": schedule.decoder_resolution(k),
+            "to_input": round(float(np.mean(dist_in)), 4),
+            "between": round(float(np.mean(dist_between)), 4),
+        }
         print("variations", k, report["variations"][k], flush=True)
 
     full = torch.stack([torch.from_numpy(o).permute(2, 0, 1).float() / 127.5 - 1 for o in originals])
@@ -79,17 +90,23 @@ def main(argv=None):
         thumbs = [Image.fromarray(o).resize((side, side), Image.BICUBIC) for o in originals]
         thumb_arr = np.stack([np.asarray(t) for t in thumbs])
         k = pipe.auto_keep_tokens(side)
-        outs = pipe(class_labels=labels, image=thumbs, generator=[torch.Generator().manual_seed(i) for i in range(len(thumbs))]).images
+        outs = pipe(
+            class_labels=labels, image=thumbs, generator=[torch.Generator().manual_seed(i) for i in range(len(thumbs))]
+        ).images
         assert pipe(class_labels=labels[:1], image=thumbs[:1]).kept_tokens == k
         recon = pipe.decode(ids[:, :k])
         bicubic = [t.resize((size, size), Image.BICUBIC) for t in thumbs]
         report["detail_completion"][side] = {
             "kept_tokens": k,
-            "psnr_to_thumbnail": {"output": round(psnr(resize_all(outs, side), thumb_arr), 2),
-                                  "tokenizer_k_token_reconstruction": round(psnr(resize_all(recon, side), thumb_arr), 2),
-                                  "bicubic_upscaling": round(psnr(resize_all(bicubic, side), thumb_arr), 2)},
-            "psnr_to_full_size": {"output": round(psnr(np.stack([np.asarray(o) for o in outs]), originals), 2),
-                                  "bicubic_upscaling": round(psnr(np.stack([np.asarray(b) for b in bicubic]), originals), 2)},
+            "psnr_to_thumbnail": {
+                "output": round(psnr(resize_all(outs, side), thumb_arr), 2),
+                "tokenizer_k_token_reconstruction": round(psnr(resize_all(recon, side), thumb_arr), 2),
+                "bicubic_upscaling": round(psnr(resize_all(bicubic, side), thumb_arr), 2),
+            },
+            "psnr_to_full_size": {
+                "output": round(psnr(np.stack([np.asarray(o) for o in outs]), originals), 2),
+                "bicubic_upscaling": round(psnr(np.stack([np.asarray(b) for b in bicubic]), originals), 2),
+            },
         }
         print("detail completion", side, report["detail_completion"][side], flush=True)
     if args.output:

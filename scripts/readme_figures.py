@@ -33,7 +33,9 @@ def main():
         image = open_image(ROOT / "tests" / "fixtures" / "emoji_heldout" / name)
         kept = pipe.decode(pipe.encode_prefix(image, KEEP))[0]
         gens = [torch.Generator().manual_seed(10 * row + i) for i in range(5)]
-        variations = pipe(class_labels=[own], image=image, keep_tokens=KEEP, num_images_per_prompt=4, generator=gens[:4]).images
+        variations = pipe(
+            class_labels=[own], image=image, keep_tokens=KEEP, num_images_per_prompt=4, generator=gens[:4]
+        ).images
         transfer = pipe(class_labels=[other], image=image, keep_tokens=KEEP, generator=gens[4:]).images
         cells += [upscale(im, SIDE) for im in (image, kept, *variations, *transfer)]
     target = ROOT / "docs" / "images" / "vary.png"

@@ -144,7 +144,9 @@ class Demo:
     def vary_progressive(self, image, keep_index, class_label, guidance_scale, seed):
         """UI: the kept coarse image, then every step of the regrown detail."""
         keep_tokens = self.keep_choices[int(keep_index)]
-        yield from self._stream(self._arguments(class_label, guidance_scale, seed, image=image, keep_tokens=keep_tokens))
+        yield from self._stream(
+            self._arguments(class_label, guidance_scale, seed, image=image, keep_tokens=keep_tokens)
+        )
 
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).resolve().parent / "examples").glob("*.png"))
@@ -162,7 +164,8 @@ def build_demo(pipe: DetailFlowPipeline | None = None) -> gr.Blocks:
 
     with gr.Blocks(title="DetailFlow: coarse-to-fine image generation") as demo:
         gr.Markdown(
-            "# DetailFlow\nNext-detail prediction ([arXiv 2505.21473](https://arxiv.org/abs/2505.21473)): the first tokens "
+            "# DetailFlow\nNext-detail prediction ([arXiv "
+            "2505.21473](https://arxiv.org/abs/2505.21473)): the first tokens "
             "give the global layout at a low resolution, each further group adds detail."
         )
         with gr.Tab("Generate"):
@@ -191,21 +194,37 @@ def build_demo(pipe: DetailFlowPipeline | None = None) -> gr.Blocks:
                     if EXAMPLES:
                         gr.Examples(EXAMPLES, inputs=source)
                     default_keep = demo_state.default_keep_index
-                    keep = gr.Slider(0, len(demo_state.keep_choices) - 1, value=default_keep, step=1,
-                                     label="How much to keep (decoding steps)", elem_id="vary-keep")
+                    keep = gr.Slider(
+                        0,
+                        len(demo_state.keep_choices) - 1,
+                        value=default_keep,
+                        step=1,
+                        label="How much to keep (decoding steps)",
+                        elem_id="vary-keep",
+                    )
                     keep_info = gr.Markdown(demo_state.keep_label(default_keep))
                     keep.change(demo_state.keep_label, keep, keep_info, api_name=False)
                     vary_class, vary_guidance, vary_seed = class_and_guidance()
                     vary_button = gr.Button("Regrow the detail", variant="primary", elem_id="vary")
                 with gr.Column():
                     vary_image = gr.Image(label="Image", type="filepath", elem_id="vary-result", format="png")
-                    vary_gallery = gr.Gallery(label="Kept, then coarse to fine", columns=6, height="auto", elem_id="vary-gallery")
-            vary_button.click(demo_state.vary_progressive, [source, keep, vary_class, vary_guidance, vary_seed],
-                              [vary_image, vary_gallery], api_name="vary_progressive")
+                    vary_gallery = gr.Gallery(
+                        label="Kept, then coarse to fine", columns=6, height="auto", elem_id="vary-gallery"
+                    )
+            vary_button.click(
+                demo_state.vary_progressive,
+                [source, keep, vary_class, vary_guidance, vary_seed],
+                [vary_image, vary_gallery],
+                api_name="vary_progressive",
+            )
             keep_tokens = gr.Number(visible=False, precision=0)
             vary_api = gr.Button(visible=False)
-            vary_api.click(demo_state.vary, [source, keep_tokens, vary_class, vary_guidance, vary_seed], vary_image,
-                           api_name="vary")
+            vary_api.click(
+                demo_state.vary,
+                [source, keep_tokens, vary_class, vary_guidance, vary_seed],
+                vary_image,
+                api_name="vary",
+            )
     return demo.queue(max_size=64, default_concurrency_limit=CONCURRENCY)
 
 

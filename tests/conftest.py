@@ -42,10 +42,14 @@ def converted_dir(tmp_path_factory) -> Path:
     code = main(
         [
             "convert",
-            "--tokenizer", str(FIXTURES / "tokenizer"),
-            "--generator", str(FIXTURES / "ar"),
-            "--tokenizer-architecture", str(FIXTURES / "tokenizer" / "architecture.json"),
-            "--output", str(out),
+            "--tokenizer",
+            str(FIXTURES / "tokenizer"),
+            "--generator",
+            str(FIXTURES / "ar"),
+            "--tokenizer-architecture",
+            str(FIXTURES / "tokenizer" / "architecture.json"),
+            "--output",
+            str(out),
         ]
     )
     assert code == 0
@@ -65,12 +69,34 @@ def imagenet_pipe():
     from detailflow_hf import DetailFlowARConfig, DetailFlowForImageGeneration, DetailFlowPipeline, DetailFlowTokenizer
 
     torch.manual_seed(0)
-    spec = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1, num_patches=16,
-                patch_size=8, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
-    vqvae = DetailFlowTokenizer(image_size=32, num_latent_tokens=16, group_size=4, codebook_size=64,
-                                codebook_embed_dim=4, encoder_config=spec, decoder_config=spec)
-    config = DetailFlowARConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64,
-                                num_tokens=16, group_size=4, num_classes=1000)
+    spec = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        num_patches=16,
+        patch_size=8,
+        layer_norm_eps=1e-6,
+        hidden_act="gelu_pytorch_tanh",
+    )
+    vqvae = DetailFlowTokenizer(
+        image_size=32,
+        num_latent_tokens=16,
+        group_size=4,
+        codebook_size=64,
+        codebook_embed_dim=4,
+        encoder_config=spec,
+        decoder_config=spec,
+    )
+    config = DetailFlowARConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=64,
+        num_tokens=16,
+        group_size=4,
+        num_classes=1000,
+    )
     transformer = DetailFlowForImageGeneration(config)
     torch.nn.init.normal_(transformer.lm_head.weight, std=0.5)  # zero init would make every draw uniform
     return DetailFlowPipeline(vqvae=vqvae.eval(), transformer=transformer.eval())

@@ -44,8 +44,16 @@ def write_image_folder(root: Path, per_class: int = 6, size: int = 32, corrupt: 
     return root
 
 
-TINY_VIT = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1, num_patches=16,
-                patch_size=8, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+TINY_VIT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=2,
+    num_hidden_layers=1,
+    num_patches=16,
+    patch_size=8,
+    layer_norm_eps=1e-6,
+    hidden_act="gelu_pytorch_tanh",
+)
 
 
 def tiny_tokenizer(seed: int = 0):
@@ -56,8 +64,15 @@ def tiny_tokenizer(seed: int = 0):
     from detailflow_hf import DetailFlowTokenizer
 
     torch.manual_seed(seed)
-    tok = DetailFlowTokenizer(image_size=32, num_latent_tokens=16, group_size=4, codebook_size=64,
-                              codebook_embed_dim=8, encoder_config=TINY_VIT, decoder_config=TINY_VIT)
+    tok = DetailFlowTokenizer(
+        image_size=32,
+        num_latent_tokens=16,
+        group_size=4,
+        codebook_size=64,
+        codebook_embed_dim=8,
+        encoder_config=TINY_VIT,
+        decoder_config=TINY_VIT,
+    )
     with torch.no_grad():
         for p in (tok.encoder.latent_tokens, tok.encoder.latent_pos_embed, tok.encoder.refined_tokens):
             p.normal_(0, 1)

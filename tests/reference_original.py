@@ -132,7 +132,10 @@ def original_tokenizer_state(enc, dec, num_tokens, vocab, embed_dim, seed=0):
             out[lp + "mlp.fc2.weight"], out[lp + "mlp.fc2.bias"] = rnd(d, m, scale=m**-0.5), rnd(d, scale=0.1)
             for ln in ("layer_norm1", "layer_norm2"):
                 out[lp + f"{ln}.weight"], out[lp + f"{ln}.bias"] = 1 + rnd(d, scale=0.1), rnd(d, scale=0.1)
-        out[prefix + "post_layernorm.weight"], out[prefix + "post_layernorm.bias"] = 1 + rnd(d, scale=0.1), rnd(d, scale=0.1)
+        out[prefix + "post_layernorm.weight"], out[prefix + "post_layernorm.bias"] = (
+            1 + rnd(d, scale=0.1),
+            rnd(d, scale=0.1),
+        )
         return out
 
     de, dd, p = enc["hidden_size"], dec["hidden_size"], dec["patch_size"]
@@ -178,19 +181,28 @@ def _tower(state, prefix, spec, h, additive_mask):
     for i in range(spec["num_hidden_layers"]):
         lp = f"{prefix}encoder.layers.{i}."
 
-        def lin(x, name):
+        def lin(x, name, lp=lp):
             return x @ state[lp + name + ".weight"].T + state[lp + name + ".bias"]
 
-        a = F.layer_norm(h, (d,), state[lp + "layer_norm1.weight"], state[lp + "layer_norm1.bias"], spec["layer_norm_eps"])
-        q, k, v = (lin(a, f"self_attn.{n}").view(*a.shape[:2], heads, hd).transpose(1, 2) for n in ("q_proj", "k_proj", "v_proj"))
+        a = F.layer_norm(
+            h, (d,), state[lp + "layer_norm1.weight"], state[lp + "layer_norm1.bias"], spec["layer_norm_eps"]
+        )
+        q, k, v = (
+            lin(a, f"self_attn.{n}").view(*a.shape[:2], heads, hd).transpose(1, 2)
+            for n in ("q_proj", "k_proj", "v_proj")
+        )
         scores = q @ k.transpose(-1, -2) * hd**-0.5
         if additive_mask is not None:
             scores = scores + additive_mask
         o = (scores.softmax(-1) @ v).transpose(1, 2).reshape(*a.shape)
         h = h + lin(o, "self_attn.out_proj")
-        m = F.layer_norm(h, (d,), state[lp + "layer_norm2.weight"], state[lp + "layer_norm2.bias"], spec["layer_norm_eps"])
+        m = F.layer_norm(
+            h, (d,), state[lp + "layer_norm2.weight"], state[lp + "layer_norm2.bias"], spec["layer_norm_eps"]
+        )
         h = h + lin(F.gelu(lin(m, "mlp.fc1"), approximate="tanh"), "mlp.fc2")
-    return F.layer_norm(h, (d,), state[prefix + "post_layernorm.weight"], state[prefix + "post_layernorm.bias"], spec["layer_norm_eps"])
+    return F.layer_norm(
+        h, (d,), state[prefix + "post_layernorm.weight"], state[prefix + "post_layernorm.bias"], spec["layer_norm_eps"]
+    )
 
 
 def original_encode(state, enc, group, causal, images):
@@ -223,7 +235,9 @@ def original_decode(state, dec, quant, t, resolution):
     pre = "decoder.visual_model."
     z = quant[:, :t] @ state["post_quant_conv.weight"].T + state["post_quant_conv.bias"]
     z = z + state["decoder.latent_pos_embed"][:, :t]
-    queries = state["decoder.mask_token"] + _resize_table(state[pre + "embeddings.position_embedding.weight"], gh, gh)[None]
+    queries = (
+        state["decoder.mask_token"] + _resize_table(state[pre + "embeddings.position_embedding.weight"], gh, gh)[None]
+    )
     h = torch.cat([queries.expand(z.shape[0], -1, -1), z], dim=1)
     out = _tower(state, pre, dec, h, None)[:, : gh * gh]
     pix = out @ state["decoder.to_pixel.model.weight"].T + state["decoder.to_pixel.model.bias"]

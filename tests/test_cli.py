@@ -9,14 +9,33 @@ from PIL import Image
 
 def run_cli(*args, timeout=300):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "detailflow_hf.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "detailflow_hf.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_generate_grid_and_progressive_strip(converted_dir, tmp_path):
     out = tmp_path / "grid.png"
-    result = run_cli("generate", "--model", converted_dir, "--class", 1, "--class", 2, "--num-images", 2, "--seed", 3,
-                     "--output", out, "--progressive")
+    result = run_cli(
+        "generate",
+        "--model",
+        converted_dir,
+        "--class",
+        1,
+        "--class",
+        2,
+        "--num-images",
+        2,
+        "--seed",
+        3,
+        "--output",
+        out,
+        "--progressive",
+    )
     assert result.returncode == 0, result.stderr
     assert Image.open(out).size == (128, 128)  # 4 images of 64 px, 2 x 2
     strip = Image.open(tmp_path / "grid_progressive.png")
@@ -25,8 +44,20 @@ def test_generate_grid_and_progressive_strip(converted_dir, tmp_path):
 
 def test_generate_display_size_enlarges_grid_and_strip(converted_dir, tmp_path):
     out = tmp_path / "big.png"
-    result = run_cli("generate", "--model", converted_dir, "--class", 1, "--seed", 3, "--output", out, "--progressive",
-                     "--display-size", 96)
+    result = run_cli(
+        "generate",
+        "--model",
+        converted_dir,
+        "--class",
+        1,
+        "--seed",
+        3,
+        "--output",
+        out,
+        "--progressive",
+        "--display-size",
+        96,
+    )
     assert result.returncode == 0, result.stderr
     assert Image.open(out).size == (96, 96)
     assert Image.open(tmp_path / "big_progressive.png").size == (11 * 96, 96)
@@ -46,7 +77,10 @@ def test_generate_into_a_directory_is_seeded(converted_dir, tmp_path):
         (["--class", "dog"], "unknown class name 'dog'"),
         (["--class", "10"], "class id 10 is out of range"),
         (["--class", "1", "--num-tokens", "5"], "num_tokens=5 is not a valid prefix length"),
-        (["--class", "1", "--display-size", "0"], "argument --display-size: 0 is out of range; expected a size in pixels in [1, 4096]"),
+        (
+            ["--class", "1", "--display-size", "0"],
+            "argument --display-size: 0 is out of range; expected a size in pixels in [1, 4096]",
+        ),
     ],
 )
 def test_generate_user_errors_are_one_line(converted_dir, tmp_path, args, message):
@@ -75,12 +109,39 @@ def test_card_and_convert(converted_dir, fixture_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "pipeline_tag: unconditional-image-generation" in (tmp_path / "README.md").read_text()
     arch = fixture_dir / "tokenizer" / "architecture.json"
-    bad = run_cli("convert", "--tokenizer", fixture_dir / "tokenizer", "--generator", tmp_path / "missing",
-                  "--tokenizer-architecture", arch, "--output", tmp_path / "o")
+    bad = run_cli(
+        "convert",
+        "--tokenizer",
+        fixture_dir / "tokenizer",
+        "--generator",
+        tmp_path / "missing",
+        "--tokenizer-architecture",
+        arch,
+        "--output",
+        tmp_path / "o",
+    )
     assert bad.returncode == 2 and "cannot find" in bad.stderr.strip().splitlines()[-1]
-    wrong = run_cli("convert", "--tokenizer", fixture_dir / "tokenizer", "--generator", fixture_dir / "ar", "--output", tmp_path / "o")
+    wrong = run_cli(
+        "convert",
+        "--tokenizer",
+        fixture_dir / "tokenizer",
+        "--generator",
+        fixture_dir / "ar",
+        "--output",
+        tmp_path / "o",
+    )
     assert wrong.returncode == 2 and "but its config builds 1152 / 4304" in wrong.stderr.strip().splitlines()[-1]
-    code = run_cli("convert", "--tokenizer", fixture_dir / "tokenizer", "--generator", fixture_dir / "ar",
-                   "--tokenizer-architecture", arch, "--output", tmp_path / "c", "--with-code")
+    code = run_cli(
+        "convert",
+        "--tokenizer",
+        fixture_dir / "tokenizer",
+        "--generator",
+        fixture_dir / "ar",
+        "--tokenizer-architecture",
+        arch,
+        "--output",
+        tmp_path / "c",
+        "--with-code",
+    )
     assert code.returncode == 0, code.stderr
     assert (tmp_path / "c" / "pipeline_detailflow.py").is_file()

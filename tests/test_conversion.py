@@ -27,7 +27,9 @@ def test_cli_conversion_reproduces_every_fixture_tensor(converted_dir, expected)
     assert abs(gpt(z[:, :-4], y, labels=z).loss.item() - expected["ar.loss"].item()) <= 1e-5
     ids = gpt.generate(y, guidance_scale=1.5, top_k=1)
     assert torch.equal(ids, expected["ar.greedy.cfg1.5"])
-    assert torch.equal(gpt.generate(y, guidance_scale=3.0, gradual_guidance=True, top_k=1), expected["ar.greedy.cfg3.0_gradual"])
+    assert torch.equal(
+        gpt.generate(y, guidance_scale=3.0, gradual_guidance=True, top_k=1), expected["ar.greedy.cfg3.0_gradual"]
+    )
     assert (vq.decode(ids).sample - expected["pipeline.greedy.cfg1.5.pixels"]).abs().max() <= 1e-4
 
 
@@ -52,7 +54,9 @@ def test_hub_repo_ids_offline(fixture_dir, architecture, tmp_path, expected):
     add_snapshot("ByteFlow-AI/DetailFlow-tiny", fixture_dir / "tokenizer")
     add_snapshot("ByteFlow-AI/DetailFlow-tiny-GPT", fixture_dir / "ar")
     out = tmp_path / "pipe"
-    pipe = convert_release("ByteFlow-AI/DetailFlow-tiny", "ByteFlow-AI/DetailFlow-tiny-GPT", out, tokenizer_architecture=architecture)
+    pipe = convert_release(
+        "ByteFlow-AI/DetailFlow-tiny", "ByteFlow-AI/DetailFlow-tiny-GPT", out, tokenizer_architecture=architecture
+    )
     assert torch.equal(pipe.transformer.generate(expected["ar.labels"], top_k=1), expected["ar.greedy.cfg1.5"])
     # and a converted pipeline pushed to the Hub loads by repo id through the cache
     add_snapshot("someone/detailflow-tiny-hf", out)
@@ -86,7 +90,9 @@ def test_pickled_object_not_allow_listed(fixture_dir, tmp_path):
         data = torch.load(root / "checkpoints" / "0000100.pt", weights_only=True)
     data["args"] = Payload()
     torch.save(data, root / "checkpoints" / "0000200.pt")  # newest: picked by default
-    with pytest.raises(ConversionError, match=r"0000200.pt contains a pickled object that is not allow-listed.*Payload"):
+    with pytest.raises(
+        ConversionError, match=r"0000200.pt contains a pickled object that is not allow-listed.*Payload"
+    ):
         convert_generator(root)
 
 
@@ -113,7 +119,17 @@ def test_vocabulary_mismatch(fixture_dir, architecture, tmp_path):
 
 
 def test_cli_reports_errors_in_one_line(tmp_path, capsys):
-    code = main(["convert", "--tokenizer", str(tmp_path / "nope"), "--generator", str(tmp_path), "--output", str(tmp_path / "o")])
+    code = main(
+        [
+            "convert",
+            "--tokenizer",
+            str(tmp_path / "nope"),
+            "--generator",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("detailflow-hf convert: error: ") and "\n" not in err and "nope" in err
@@ -124,16 +140,36 @@ def _real_width_release(root, encoder_pretrained: bool, extra_config: dict | Non
     architecture.json: the heads must come from the config, as the original's model_builder.py makes them."""
     from .reference_original import original_tokenizer_state, write_release
 
-    common = dict(num_hidden_layers=1, num_patches=256, patch_size=16, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
-    enc = dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16, **common) if encoder_pretrained else \
-        dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, **common)
+    common = dict(
+        num_hidden_layers=1, num_patches=256, patch_size=16, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh"
+    )
+    enc = (
+        dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16, **common)
+        if encoder_pretrained
+        else dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, **common)
+    )
     dec = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, **common)
     state = original_tokenizer_state(enc, dec, 16, vocab=64, embed_dim=8, seed=3)
-    config = {"enc_patch_size": 16, "dec_patch_size": 16, "group_size": 4, "causal_num": 4, "num_latent_tokens": 16,
-              "causal_encoder": True, "causal_decoder": False, "encoder_model": "siglip2_base",
-              "enc_pretrained": encoder_pretrained, "decoder_model": "siglip2_base", "dec_pretrained": False,
-              **(extra_config or {})}
-    yaml_config = {"max_image_size": 64, "group_size": 4, "degradation_power": 1.5, "content_degradation": "resolution_power"}
+    config = {
+        "enc_patch_size": 16,
+        "dec_patch_size": 16,
+        "group_size": 4,
+        "causal_num": 4,
+        "num_latent_tokens": 16,
+        "causal_encoder": True,
+        "causal_decoder": False,
+        "encoder_model": "siglip2_base",
+        "enc_pretrained": encoder_pretrained,
+        "decoder_model": "siglip2_base",
+        "dec_pretrained": False,
+        **(extra_config or {}),
+    }
+    yaml_config = {
+        "max_image_size": 64,
+        "group_size": 4,
+        "degradation_power": 1.5,
+        "content_degradation": "resolution_power",
+    }
     return write_release(root, state, config, yaml_config), state, enc, dec
 
 
@@ -154,9 +190,15 @@ def test_heads_come_from_the_release_config(tmp_path, encoder_pretrained, heads)
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ({"encoder_model": "siglip2_large", "enc_pretrained": False}, r"encoder_model='siglip2_large' with enc_pretrained=false"),
+        (
+            {"encoder_model": "siglip2_large", "enc_pretrained": False},
+            r"encoder_model='siglip2_large' with enc_pretrained=false",
+        ),
         ({"decoder_model": "vit_h"}, r"decoder_model='vit_h' in .*config.json is not one the original builds"),
-        ({"enc_pretrained": True}, r"the encoder in .* is 768 wide with an MLP of 3072, but its config builds 1152 / 4304"),
+        (
+            {"enc_pretrained": True},
+            r"the encoder in .* is 768 wide with an MLP of 3072, but its config builds 1152 / 4304",
+        ),
         ({"dec_pretrained": "no"}, r"dec_pretrained='no' in .*config.json must be true or false"),
     ],
 )

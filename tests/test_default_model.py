@@ -13,7 +13,7 @@ from PIL import Image
 
 import detailflow_hf
 from detailflow_hf import DetailFlowPipeline
-from detailflow_hf.metrics import psnr_per_detail_level
+from detailflow_hf.evaluation.metrics import psnr_per_detail_level
 from detailflow_hf.image_processing import to_tensor
 
 HELDOUT = Path(__file__).parent / "fixtures" / "emoji_heldout"
@@ -34,7 +34,9 @@ def test_default_model_names_the_emoji_groups(default_pipe):
     assert len(default_pipe.id2label) == 9
     smileys = default_pipe.get_label_ids("Smileys & Emotion")[0]
     assert default_pipe.get_label_ids("smileys_emotion") == [smileys]
-    images = default_pipe(class_labels=["Flags", "food_drink"], generator=torch.Generator().manual_seed(0), output_type="pt").images
+    images = default_pipe(
+        class_labels=["Flags", "food_drink"], generator=torch.Generator().manual_seed(0), output_type="pt"
+    ).images
     assert images.shape == (2, 3, 32, 32)
 
 
@@ -72,24 +74,40 @@ def test_card_carries_the_measured_numbers():
 
 
 def test_wheel_contains_the_default_model(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     wheel = next(tmp_path.glob("detailflow_hf-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ("detailflow_hf/default_model/model_index.json", "detailflow_hf/default_model/vqvae/diffusion_pytorch_model.safetensors",
-                     "detailflow_hf/default_model/transformer/model.safetensors", "detailflow_hf/default_model/README.md",
-                     "detailflow_hf/pipelines/imagenet_classes.json"):
+    for required in (
+        "detailflow_hf/default_model/model_index.json",
+        "detailflow_hf/default_model/vqvae/diffusion_pytorch_model.safetensors",
+        "detailflow_hf/default_model/transformer/model.safetensors",
+        "detailflow_hf/default_model/README.md",
+        "detailflow_hf/pipelines/imagenet_classes.json",
+    ):
         assert required in names, required
     size = sum(info.file_size for info in zipfile.ZipFile(wheel).infolist() if "default_model" in info.filename)
     assert size < 20 * 2**20
 
     # Installed from the wheel (not this checkout), the package finds its own copy of the model.
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     found = subprocess.run(
         [sys.executable, "-c", "import detailflow_hf; print(detailflow_hf.DEFAULT_MODEL)"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, check=True, capture_output=True, text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     assert Path(found) == target / "detailflow_hf" / "default_model"
     assert (Path(found) / "model_index.json").is_file()

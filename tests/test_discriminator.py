@@ -13,8 +13,9 @@ from detailflow_hf.training.discriminator import (
     readout_blocks,
 )
 
-TINY_VIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, image_size=32,
-                patch_size=8)
+TINY_VIT = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, image_size=32, patch_size=8
+)
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def test_readout_blocks_scale_with_depth():
 
 def test_backbone_frozen_with_zero_key_bias_and_logit_shape(disc):
     assert all(not p.requires_grad for p in disc.backbone.parameters())
-    assert all(torch.equal(l.attention.k_proj.bias, torch.zeros(32)) for l in disc.backbone.layers)
+    assert all(torch.equal(layer.attention.k_proj.bias, torch.zeros(32)) for layer in disc.backbone.layers)
     assert sum(p.numel() for p in disc.parameters() if p.requires_grad) > 0
     logits = disc(torch.rand(3, 3, 32, 32) * 2 - 1)
     assert logits.shape == (3, 5 * 16)  # embeddings + 4 blocks, 16 patches each
@@ -54,8 +55,11 @@ def test_inputs_resized_or_cropped_to_the_vit_size(disc):
     disc.crop_prob = 1.0
     crop = disc.prepare_inputs(x)
     assert crop.shape == (2, 3, 32, 32)
-    assert any(torch.equal(crop, (((x + 1) / 2 - mean) / std)[..., i : i + 32, j : j + 32])
-               for i in range(33) for j in range(33))
+    assert any(
+        torch.equal(crop, (((x + 1) / 2 - mean) / std)[..., i : i + 32, j : j + 32])
+        for i in range(33)
+        for j in range(33)
+    )
     assert disc.prepare_inputs(torch.zeros(1, 3, 16, 16)).shape == (1, 3, 32, 32)
 
 
@@ -88,8 +92,9 @@ def test_discriminator_loss_parts_and_gates(disc):
     off = discriminator_loss(disc, real, fake, LeCamEMA(), disc_weight=0.0)
     assert off["loss"].item() == 0.0 and "d_consistency" not in off
     lecam = LeCamEMA()
-    on = discriminator_loss(disc, real, fake, lecam, disc_weight=0.2, lecam_weight=0.001, consistency_weight=4.0,
-                            aug_prob=0.0)
+    on = discriminator_loss(
+        disc, real, fake, lecam, disc_weight=0.2, lecam_weight=0.001, consistency_weight=4.0, aug_prob=0.0
+    )
     expected = 0.2 * (0.001 * on["d_lecam"] + on["d_hinge"]) + 4.0 * on["d_consistency"]
     assert on["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert lecam.real.item() == pytest.approx(0.001 * on["logits_real"].item(), rel=1e-5)

@@ -99,7 +99,9 @@ def test_tiny_conv_extractor_fid_matches_torchmetrics():
     rng = np.random.default_rng(0)
     real = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     fake = np.clip(rng.normal(100, 40, (30, 32, 32, 3)), 0, 255).astype(np.uint8)
-    ours = evaluate_samples(fake, ReferenceBatch(images=real), TinyConvFeatures(), batch_size=16, with_precision_recall=False)
+    ours = evaluate_samples(
+        fake, ReferenceBatch(images=real), TinyConvFeatures(), batch_size=16, with_precision_recall=False
+    )
     metric = tm.FrechetInceptionDistance(feature=TinyConvFeatures())
     metric.update(torch.from_numpy(real).permute(0, 3, 1, 2), real=True)
     metric.update(torch.from_numpy(fake).permute(0, 3, 1, 2), real=False)
@@ -120,7 +122,9 @@ def test_npz_round_trip_and_reference_statistics(tmp_path):
     mu, sigma = np.arange(3.0), np.eye(3)
     np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma, mu_s=mu[:2], sigma_s=np.eye(2))
     ref = load_npz(tmp_path / "ref.npz")
-    assert ref.images is None and np.array_equal(ref.statistics.mu, mu) and ref.spatial_statistics.sigma.shape == (2, 2)
+    assert (
+        ref.images is None and np.array_equal(ref.statistics.mu, mu) and ref.spatial_statistics.sigma.shape == (2, 2)
+    )
     with pytest.raises(ValueError, match=r"must be \(N, H, W, 3\) uint8"):
         save_samples_npz(tmp_path / "bad.npz", images.astype(np.float32))
     np.savez(tmp_path / "other.npz", x=np.zeros(2))
@@ -179,23 +183,64 @@ EVAL_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_H
 
 
 def eval_args(model, out, *extra):
-    return ["--model", str(model), "--output_dir", str(out), "--num_samples", "11", "--batch_size", "3",
-            "--seed", "7", *map(str, extra)]
+    return [
+        "--model",
+        str(model),
+        "--output_dir",
+        str(out),
+        "--num_samples",
+        "11",
+        "--batch_size",
+        "3",
+        "--seed",
+        "7",
+        *map(str, extra),
+    ]
 
 
 @pytest.mark.slow
 def test_sample_set_is_the_same_with_one_and_two_processes(converted_dir, tmp_path):
     script = str(ROOT / "examples" / "eval_generation.py")
-    one = subprocess.run([sys.executable, script, *eval_args(converted_dir, tmp_path / "one")],
-                         env=EVAL_ENV, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, script, *eval_args(converted_dir, tmp_path / "one")],
+        env=EVAL_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     # accelerate 1.15 runs --cpu launches in one process: two CPU ranks need --multi_gpu + ACCELERATE_USE_CPU
     two = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), script,
-         *eval_args(converted_dir, tmp_path / "two", "--reference", tmp_path / "one" / "samples.npz",
-                    "--feature_extractor", "tests.feature_nets:tiny_extractor", "--recompute_reference_stats")],
-        env={**EVAL_ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            script,
+            *eval_args(
+                converted_dir,
+                tmp_path / "two",
+                "--reference",
+                tmp_path / "one" / "samples.npz",
+                "--feature_extractor",
+                "tests.feature_nets:tiny_extractor",
+                "--recompute_reference_stats",
+            ),
+        ],
+        env={**EVAL_ENV, "ACCELERATE_USE_CPU": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = load_npz(tmp_path / "one" / "samples.npz"), load_npz(tmp_path / "two" / "samples.npz")
@@ -204,50 +249,102 @@ def test_sample_set_is_the_same_with_one_and_two_processes(converted_dir, tmp_pa
     assert len({img.tobytes() for img in a.images}) == 11  # distinct seeds, distinct images
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())["metrics"]
     assert metrics["num_samples"] == 11
-    assert abs(metrics["fid"]) < 1e-6 and metrics["precision"] == 1.0 and metrics["recall"] == 1.0  # same set as the reference
+    assert (
+        abs(metrics["fid"]) < 1e-6 and metrics["precision"] == 1.0 and metrics["recall"] == 1.0
+    )  # same set as the reference
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "detailflow_hf.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**EVAL_ENV, "HF_DATASETS_OFFLINE": "1"}, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "detailflow_hf.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**EVAL_ENV, "HF_DATASETS_OFFLINE": "1"},
+        cwd=ROOT,
+    )
 
 
 def test_cli_eval_generation_scores_against_a_reference(converted_dir, tmp_path):
     rng = np.random.default_rng(0)
     save_samples_npz(tmp_path / "ref.npz", rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8))
-    result = run_cli("eval-generation", "--model", converted_dir, "--output-dir", tmp_path / "out", "--num-samples", 10,
-                     "--batch-size", 5, "--reference", tmp_path / "ref.npz", "--recompute-reference-stats",
-                     "--feature-extractor", "tests.feature_nets:tiny_extractor")
+    result = run_cli(
+        "eval-generation",
+        "--model",
+        converted_dir,
+        "--output-dir",
+        tmp_path / "out",
+        "--num-samples",
+        10,
+        "--batch-size",
+        5,
+        "--reference",
+        tmp_path / "ref.npz",
+        "--recompute-reference-stats",
+        "--feature-extractor",
+        "tests.feature_nets:tiny_extractor",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     printed = json.loads(result.stdout)
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert printed == report["metrics"] and report["sampling"]["num_samples"] == 10
     samples = load_npz(tmp_path / "out" / "samples.npz")
-    expected = evaluate_samples(samples.images, load_npz(tmp_path / "ref.npz"), tiny_extractor(), recompute_reference=True)
+    expected = evaluate_samples(
+        samples.images, load_npz(tmp_path / "ref.npz"), tiny_extractor(), recompute_reference=True
+    )
     assert printed["fid"] == pytest.approx(expected.fid, rel=1e-9) and printed["fid"] > 0
     assert printed["inception_score"] == pytest.approx(expected.inception_score, rel=1e-9)
 
 
 def test_cli_eval_generation_names_a_missing_feature_network(converted_dir, tmp_path):
     save_samples_npz(tmp_path / "ref.npz", np.zeros((2, 8, 8, 3), np.uint8))
-    result = run_cli("eval-generation", "--model", converted_dir, "--output-dir", tmp_path / "out", "--num-samples", 2,
-                     "--reference", tmp_path / "ref.npz", "--feature-extractor", "tests.feature_nets")
+    result = run_cli(
+        "eval-generation",
+        "--model",
+        converted_dir,
+        "--output-dir",
+        tmp_path / "out",
+        "--num-samples",
+        2,
+        "--reference",
+        tmp_path / "ref.npz",
+        "--feature-extractor",
+        "tests.feature_nets",
+    )
     assert result.returncode == 2 and "must look like 'package.module:factory'" in result.stderr
     assert not (tmp_path / "out").exists()  # refused before sampling
 
 
 def test_cli_eval_tokenizer_reports_every_detail_level(converted_dir, pipe, tmp_path):
     pytest.importorskip("torchmetrics")  # SSIM (the `eval` extra)
+    from detailflow_hf.evaluation.metrics import psnr_per_detail_level
     from detailflow_hf.evaluation.tokenizer import evaluate_reconstruction, image_batches
-    from detailflow_hf.metrics import psnr_per_detail_level
-    from detailflow_hf.training.data import load_image_stream
+    from detailflow_hf.image_datasets import load_image_stream
     from tests.image_folder import write_image_folder
 
     write_image_folder(tmp_path / "images", per_class=2, size=64, corrupt=False)
     out = tmp_path / "rec.json"
-    result = run_cli("eval-tokenizer", "--model", converted_dir, "--data-dir", tmp_path / "images", "--split", "train",
-                     "--num-samples", 5, "--batch-size", 2, "--prefixes", 4, 16, 32,
-                     "--feature-extractor", "tests.feature_nets:tiny_extractor", "--output", out)
+    result = run_cli(
+        "eval-tokenizer",
+        "--model",
+        converted_dir,
+        "--data-dir",
+        tmp_path / "images",
+        "--split",
+        "train",
+        "--num-samples",
+        5,
+        "--batch-size",
+        2,
+        "--prefixes",
+        4,
+        16,
+        32,
+        "--feature-extractor",
+        "tests.feature_nets:tiny_extractor",
+        "--output",
+        out,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     levels = json.loads(out.read_text())["levels"]
     assert [level["num_tokens"] for level in levels] == [4, 16, 32]

@@ -13,10 +13,18 @@ def extracted(tmp_path_factory):
     root = tmp_path_factory.mktemp("extract")
     write_image_folder(root / "images")
     tiny_tokenizer().save_pretrained(root / "tokenizer")
-    code = load_example("extract_codes").main([
-        "--tokenizer", str(root / "tokenizer"), "--output_dir", str(root / "codes"),
-        "--train_data_dir", str(root / "images"), "--rows_per_shard", "5",
-    ])
+    code = load_example("extract_codes").main(
+        [
+            "--tokenizer",
+            str(root / "tokenizer"),
+            "--output_dir",
+            str(root / "codes"),
+            "--train_data_dir",
+            str(root / "images"),
+            "--rows_per_shard",
+            "5",
+        ]
+    )
     assert code == 0
     return root
 

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 import detailflow_hf
-
 from detailflow_hf import DetailFlowForImageGeneration, DetailFlowPipeline, DetailFlowTokenizer
-from detailflow_hf.finetuning import load_adapter, set_classes
+from detailflow_hf.training.adapters import load_adapter, set_classes
 from tests.image_folder import CLASSES, load_example, write_image_folder
 
 
@@ -21,20 +20,41 @@ def images(tmp_path_factory):
 def probe_logits(transformer, seed=0):
     """Logits of fixed codes for the first three classes `(3, seq, vocab)`."""
     config = transformer.config
-    ids = torch.randint(0, config.vocab_size, (3, config.num_tokens - config.group_size), generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(
+        0, config.vocab_size, (3, config.num_tokens - config.group_size), generator=torch.Generator().manual_seed(seed)
+    )
     with torch.no_grad():
         return transformer(input_ids=ids, class_labels=torch.arange(3)).logits
 
 
 def test_lora_adapter_changes_outputs_and_merging_reproduces_them(converted_dir, images, tmp_path):
     out = tmp_path / "lora"
-    assert load_example("finetune_lora").main([
-        "--model", str(converted_dir), "--train_data_dir", str(images), "--output_dir", str(out),
-        "--max_train_steps", "4", "--train_batch_size", "3", "--learning_rate", "1e-2", "--rank", "4",
-    ]) == 0
+    assert (
+        load_example("finetune_lora").main(
+            [
+                "--model",
+                str(converted_dir),
+                "--train_data_dir",
+                str(images),
+                "--output_dir",
+                str(out),
+                "--max_train_steps",
+                "4",
+                "--train_batch_size",
+                "3",
+                "--learning_rate",
+                "1e-2",
+                "--rank",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "samples.png").is_file()
 
-    peft_model = load_adapter(DetailFlowForImageGeneration.from_pretrained(converted_dir / "transformer"), out / "adapter", merge=False).eval()
+    peft_model = load_adapter(
+        DetailFlowForImageGeneration.from_pretrained(converted_dir / "transformer"), out / "adapter", merge=False
+    ).eval()
     lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
     assert len(lora_b) == 7 * peft_model.get_base_model().config.num_hidden_layers  # every projection of every layer
     assert max(p.abs().max().item() for p in lora_b) > 1e-3  # trained away from their zero init
@@ -57,10 +77,25 @@ def test_lora_adapter_changes_outputs_and_merging_reproduces_them(converted_dir,
 
 def test_add_classes_keeps_old_rows_and_moves_the_null_class_last(converted_dir, images, tmp_path):
     out = tmp_path / "grown"
-    assert load_example("add_classes").main([
-        "--model", str(converted_dir), "--train_data_dir", str(images), "--output_dir", str(out),
-        "--max_train_steps", "3", "--train_batch_size", "3", "--learning_rate", "1e-2",
-    ]) == 0
+    assert (
+        load_example("add_classes").main(
+            [
+                "--model",
+                str(converted_dir),
+                "--train_data_dir",
+                str(images),
+                "--output_dir",
+                str(out),
+                "--max_train_steps",
+                "3",
+                "--train_batch_size",
+                "3",
+                "--learning_rate",
+                "1e-2",
+            ]
+        )
+        == 0
+    )
     before = DetailFlowPipeline.from_pretrained(converted_dir)
     after = DetailFlowPipeline.from_pretrained(out)
     old = before.transformer.model.class_embedding.weight
@@ -80,9 +115,21 @@ def test_add_classes_keeps_old_rows_and_moves_the_null_class_last(converted_dir,
 @pytest.mark.skipif(detailflow_hf.DEFAULT_MODEL is None, reason="no embedded model")
 def test_add_classes_starts_from_the_embedded_model_without_model_flag(images, tmp_path):
     out = tmp_path / "emoji_plus"
-    assert load_example("add_classes").main([
-        "--train_data_dir", str(images), "--output_dir", str(out), "--max_train_steps", "2", "--train_batch_size", "3",
-    ]) == 0
+    assert (
+        load_example("add_classes").main(
+            [
+                "--train_data_dir",
+                str(images),
+                "--output_dir",
+                str(out),
+                "--max_train_steps",
+                "2",
+                "--train_batch_size",
+                "3",
+            ]
+        )
+        == 0
+    )
     before = DetailFlowPipeline.from_pretrained(detailflow_hf.DEFAULT_MODEL)
     after = DetailFlowPipeline.from_pretrained(out)
     assert after.transformer.config.num_classes == 12  # the 9 emoji groups + 3 shapes
@@ -92,8 +139,15 @@ def test_add_classes_starts_from_the_embedded_model_without_model_flag(images, t
 
 
 def test_set_classes_replaces_the_label_set():
-    config_kwargs = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=8, num_tokens=8,
-                         group_size=2, num_classes=4)
+    config_kwargs = dict(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=8,
+        num_tokens=8,
+        group_size=2,
+        num_classes=4,
+    )
     from detailflow_hf import DetailFlowARConfig
 
     model = DetailFlowForImageGeneration(DetailFlowARConfig(**config_kwargs))
@@ -109,13 +163,30 @@ def test_set_classes_replaces_the_label_set():
 
 
 def test_decoder_finetuning_trains_only_the_decoder(converted_dir, images, tmp_path):
-    from detailflow_hf.finetuning import ImageFolderDataset
+    from detailflow_hf.image_datasets import ImageFolderDataset
 
     out = tmp_path / "decoder"
-    assert load_example("finetune_tokenizer_decoder").main([
-        "--model", str(converted_dir), "--train_data_dir", str(images), "--output_dir", str(out),
-        "--max_train_steps", "8", "--train_batch_size", "9", "--learning_rate", "3e-3", "--degradation_prob", "0",
-    ]) == 0
+    assert (
+        load_example("finetune_tokenizer_decoder").main(
+            [
+                "--model",
+                str(converted_dir),
+                "--train_data_dir",
+                str(images),
+                "--output_dir",
+                str(out),
+                "--max_train_steps",
+                "8",
+                "--train_batch_size",
+                "9",
+                "--learning_rate",
+                "3e-3",
+                "--degradation_prob",
+                "0",
+            ]
+        )
+        == 0
+    )
     before = DetailFlowTokenizer.from_pretrained(converted_dir, subfolder="vqvae").eval()
     after = DetailFlowTokenizer.from_pretrained(out).eval()
     old, new = before.state_dict(), after.state_dict()
@@ -134,14 +205,19 @@ def test_decoder_finetuning_trains_only_the_decoder(converted_dir, images, tmp_p
 COSINE_4 = [0.05 * (1 + math.cos(math.pi * s / 4)) for s in range(5)]
 
 
-@pytest.mark.parametrize("schedule, warmup, expected", [
-    ("constant", 0, [0.1] * 5), ("cosine", 0, COSINE_4), ("linear", 2, [0.0, 0.05, 0.1, 0.05, 0.0]),
-])
+@pytest.mark.parametrize(
+    "schedule, warmup, expected",
+    [
+        ("constant", 0, [0.1] * 5),
+        ("cosine", 0, COSINE_4),
+        ("linear", 2, [0.0, 0.05, 0.1, 0.05, 0.0]),
+    ],
+)
 def test_run_training_follows_the_lr_schedule(schedule, warmup, expected):
     """The lr of each of 4 steps, then after the last: the schedule spans exactly --max_train_steps."""
     from accelerate import Accelerator
 
-    from detailflow_hf.finetuning import run_training
+    from detailflow_hf.training.finetuning import run_training
 
     model = torch.nn.Linear(2, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -152,6 +228,8 @@ def test_run_training_follows_the_lr_schedule(schedule, warmup, expected):
         return model(batch).pow(2).mean()
 
     loader = [torch.ones(1, 2)] * 3  # 3 steps a pass: the loop goes on into a second pass
-    run_training(Accelerator(cpu=True), model, optimizer, loader, 4, loss_fn, lr_scheduler=schedule, lr_warmup_steps=warmup)
+    run_training(
+        Accelerator(cpu=True), model, optimizer, loader, 4, loss_fn, lr_scheduler=schedule, lr_warmup_steps=warmup
+    )
     seen.append(optimizer.param_groups[0]["lr"])
     assert seen == pytest.approx(expected, abs=1e-9)

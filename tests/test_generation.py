@@ -10,7 +10,9 @@ def gpt(fixture_dir):
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("scale, gradual, key", [(1.5, False, "ar.greedy.cfg1.5"), (3.0, True, "ar.greedy.cfg3.0_gradual")])
+@pytest.mark.parametrize(
+    "scale, gradual, key", [(1.5, False, "ar.greedy.cfg1.5"), (3.0, True, "ar.greedy.cfg3.0_gradual")]
+)
 def test_cached_greedy_equals_reference_and_fixture(gpt, expected, attn, scale, gradual, key):
     gpt.set_attn_implementation(attn)
     try:
@@ -44,7 +46,9 @@ def test_seeded_sampling_is_reproducible(gpt):
     c = gpt.generate(labels, generator=torch.Generator().manual_seed(4), temperature=1.3, top_k=50, top_p=0.95)
     assert torch.equal(a, b) and not torch.equal(a, c)
     # the cached path draws the same numbers in the same order as the reference
-    ref = gpt.generate(labels, generator=torch.Generator().manual_seed(3), temperature=1.3, top_k=50, top_p=0.95, use_cache=False)
+    ref = gpt.generate(
+        labels, generator=torch.Generator().manual_seed(3), temperature=1.3, top_k=50, top_p=0.95, use_cache=False
+    )
     assert torch.equal(a, ref)
 
 
@@ -58,10 +62,17 @@ def test_per_image_generators_do_not_depend_on_the_batch(gpt):
 
 def test_num_tokens_and_callback(gpt, expected):
     seen = []
-    ids = gpt.generate(expected["ar.labels"], top_k=1, num_tokens=12, callback=lambda step, tokens: seen.append((step, tokens.shape[1])))
+    ids = gpt.generate(
+        expected["ar.labels"],
+        top_k=1,
+        num_tokens=12,
+        callback=lambda step, tokens: seen.append((step, tokens.shape[1])),
+    )
     assert torch.equal(ids, expected["ar.greedy.cfg1.5"][:, :12])
     assert seen == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 8), (5, 12)]
-    with pytest.raises(ValueError, match=r"num_tokens=10 is not a valid prefix length; expected one of \[1, 2, 3, 4, 8, 12"):
+    with pytest.raises(
+        ValueError, match=r"num_tokens=10 is not a valid prefix length; expected one of \[1, 2, 3, 4, 8, 12"
+    ):
         gpt.generate([1], num_tokens=10)
 
 
@@ -102,15 +113,21 @@ def test_every_prefix_continues_to_the_full_greedy_sequence(gpt, expected, use_c
     if scale == 1.5:
         assert torch.equal(full, expected["ar.greedy.cfg1.5"])
     for k in [0, *gpt.prefix_lengths()]:
-        again = gpt.generate(labels, guidance_scale=scale, do_sample=False, use_cache=use_cache, prefix_ids=full[:, :k])
+        again = gpt.generate(
+            labels, guidance_scale=scale, do_sample=False, use_cache=use_cache, prefix_ids=full[:, :k]
+        )
         assert torch.equal(again, full), k
 
 
 def test_sampled_continuations_keep_the_prefix_and_steps(gpt):
     prefix = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
     seen = []
-    out = gpt.generate([1, 2], prefix_ids=prefix, generator=[torch.Generator().manual_seed(s) for s in (3, 4)],
-                       callback=lambda step, tokens: seen.append((step, tokens.shape[1])))
+    out = gpt.generate(
+        [1, 2],
+        prefix_ids=prefix,
+        generator=[torch.Generator().manual_seed(s) for s in (3, 4)],
+        callback=lambda step, tokens: seen.append((step, tokens.shape[1])),
+    )
     assert torch.equal(out[:, :8], prefix) and out.shape == (2, 32)
     assert seen == [(5, 12), (6, 16), (7, 20), (8, 24), (9, 28), (10, 32)]  # steps keep their schedule index
     alone = gpt.generate([2], prefix_ids=prefix[1:], generator=[torch.Generator().manual_seed(4)])
@@ -122,11 +139,19 @@ def test_sampled_continuations_keep_the_prefix_and_steps(gpt):
 @pytest.mark.parametrize(
     "prefix, kwargs, message",
     [
-        (torch.zeros(2, 5, dtype=torch.long), {}, r"prefix_ids hold 5 tokens, not a valid prefix length; expected one of \[0, 1, 2, 3, 4, 8"),
+        (
+            torch.zeros(2, 5, dtype=torch.long),
+            {},
+            r"prefix_ids hold 5 tokens, not a valid prefix length; expected one of \[0, 1, 2, 3, 4, 8",
+        ),
         (torch.zeros(3, 4, dtype=torch.long), {}, r"prefix_ids must be integer ids of shape \(2, k\)"),
         (torch.zeros(2, 4), {}, r"prefix_ids must be integer ids"),
         (torch.full((2, 4), 128), {}, r"prefix_ids span \[128, 128\]; expected ids in \[0, 128\)"),
-        (torch.zeros(2, 12, dtype=torch.long), {"num_tokens": 8}, r"prefix_ids hold 12 tokens, more than num_tokens=8"),
+        (
+            torch.zeros(2, 12, dtype=torch.long),
+            {"num_tokens": 8},
+            r"prefix_ids hold 12 tokens, more than num_tokens=8",
+        ),
     ],
 )
 def test_bad_prefixes_are_named(gpt, prefix, kwargs, message):

@@ -40,8 +40,15 @@ def guided(guided_dir):
 def test_converted_folder_carries_the_release_sampling(converted_dir, pipe):
     saved = json.loads((converted_dir / "transformer" / "generation_config.json").read_text())
     # tiny_a has 32 tokens: not a released count, so the original sampler's defaults
-    assert {k: saved[k] for k in ("guidance_scale", "gradual_guidance", "do_sample", "temperature", "top_k", "top_p")} == {
-        "guidance_scale": 1.5, "gradual_guidance": False, "do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0
+    assert {
+        k: saved[k] for k in ("guidance_scale", "gradual_guidance", "do_sample", "temperature", "top_k", "top_p")
+    } == {
+        "guidance_scale": 1.5,
+        "gradual_guidance": False,
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
     }
     assert pipe.transformer.generation_config.guidance_scale == 1.5
 
@@ -76,7 +83,9 @@ def test_model_without_generation_config_uses_the_original_defaults(pipe, tmp_pa
     pipe.transformer.save_pretrained(tmp_path)
     (tmp_path / "generation_config.json").unlink()
     loaded = DetailFlowForImageGeneration.from_pretrained(tmp_path)
-    assert loaded.sampling_params() == SamplingParams(guidance_scale=1.5, do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
+    assert loaded.sampling_params() == SamplingParams(
+        guidance_scale=1.5, do_sample=True, top_k=0, top_p=1.0, temperature=1.0
+    )
 
 
 @pytest.mark.parametrize(
@@ -100,7 +109,23 @@ def test_bad_sampling_is_named_by_every_entry_point(pipe, kwargs, message):
 
 def test_cli_uses_the_model_guidance_unless_given(guided_dir, converted_dir, tmp_path):
     def generate(model, name, *extra):
-        assert main(["generate", "--model", str(model), "--class", "4", "--top-k", "1", "--output", str(tmp_path / name), *extra]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "--model",
+                    str(model),
+                    "--class",
+                    "4",
+                    "--top-k",
+                    "1",
+                    "--output",
+                    str(tmp_path / name),
+                    *extra,
+                ]
+            )
+            == 0
+        )
         return Image.open(tmp_path / name).tobytes()
 
     from_model = generate(guided_dir, "model.png")
@@ -111,9 +136,24 @@ def test_cli_uses_the_model_guidance_unless_given(guided_dir, converted_dir, tmp
 
 def test_cli_convert_writes_the_given_sampling(fixture_dir, tmp_path):
     out = tmp_path / "converted"
-    code = main(["convert", "--tokenizer", str(fixture_dir / "tokenizer"), "--generator", str(fixture_dir / "ar"),
-                 "--tokenizer-architecture", str(fixture_dir / "tokenizer" / "architecture.json"), "--output", str(out),
-                 "--guidance-scale", "2.5", "--top-k", "7", "--gradual-guidance"])
+    code = main(
+        [
+            "convert",
+            "--tokenizer",
+            str(fixture_dir / "tokenizer"),
+            "--generator",
+            str(fixture_dir / "ar"),
+            "--tokenizer-architecture",
+            str(fixture_dir / "tokenizer" / "architecture.json"),
+            "--output",
+            str(out),
+            "--guidance-scale",
+            "2.5",
+            "--top-k",
+            "7",
+            "--gradual-guidance",
+        ]
+    )
     assert code == 0
     saved = json.loads((out / "transformer" / "generation_config.json").read_text())
     assert (saved["guidance_scale"], saved["top_k"], saved["gradual_guidance"], saved["top_p"]) == (2.5, 7, True, 1.0)
@@ -121,9 +161,26 @@ def test_cli_convert_writes_the_given_sampling(fixture_dir, tmp_path):
 
 def test_eval_generation_records_the_model_guidance(guided_dir, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "detailflow_hf.cli", "eval-generation", "--model", str(guided_dir), "--output-dir",
-         str(tmp_path / "out"), "--num-samples", "2", "--batch-size", "2", "--top-k", "1"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "detailflow_hf.cli",
+            "eval-generation",
+            "--model",
+            str(guided_dir),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--num-samples",
+            "2",
+            "--batch-size",
+            "2",
+            "--top-k",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     sampling = json.loads((tmp_path / "out" / "sampling.json").read_text())
@@ -172,9 +229,13 @@ def test_deprecations_through_our_calls_are_errors():
     """The suite's filter is live: a deprecated transformers argument passed from our code fails."""
     from transformers.masking_utils import create_causal_mask
 
-    config = DetailFlowARConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64, num_tokens=16, group_size=4)
+    config = DetailFlowARConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64, num_tokens=16, group_size=4
+    )
     with pytest.raises(FutureWarning, match="past_key_values"):
-        create_causal_mask(config=config, inputs_embeds=torch.zeros(1, 2, 32), attention_mask=None, past_key_values=None)
+        create_causal_mask(
+            config=config, inputs_embeds=torch.zeros(1, 2, 32), attention_mask=None, past_key_values=None
+        )
 
 
 def test_generation_raises_no_deprecation(pipe, expected):
@@ -191,7 +252,9 @@ def test_interrupt_returns_the_prefix_so_far(pipe):
             p._interrupt = True
         return kwargs
 
-    out = pipe(class_labels=[1, 2], top_k=1, output_type="pt", callback_on_step_end=stop_at_step_4, return_intermediates=True)
+    out = pipe(
+        class_labels=[1, 2], top_k=1, output_type="pt", callback_on_step_end=stop_at_step_4, return_intermediates=True
+    )
     assert pipe.interrupt
     full = pipe(class_labels=[1, 2], top_k=1, output_type="pt")  # the flag is reset by the next call
     assert out.token_ids.shape == (2, 8) and torch.equal(out.token_ids, full.token_ids[:, :8])
@@ -224,16 +287,33 @@ def test_pipeline_callback_dict_is_honoured(pipe):
 
     out = pipe(class_labels=[3], top_k=1, output_type="pt", callback_on_step_end=graft)
     assert torch.equal(out.token_ids[:, :12], donor[:, :12])
-    assert torch.equal(out.token_ids, pipe.transformer.generate([3], top_k=1, callback=lambda s, t: donor[:, :12] if t.shape[1] == 12 else None, use_cache=False))
+    assert torch.equal(
+        out.token_ids,
+        pipe.transformer.generate(
+            [3], top_k=1, callback=lambda s, t: donor[:, :12] if t.shape[1] == 12 else None, use_cache=False
+        ),
+    )
     with pytest.raises(ValueError, match=r"expected integer ids of shape \(1, 12\)"):
-        pipe(class_labels=[3], top_k=1, callback_on_step_end=lambda p, s, k, kw: {"tokens": donor[:, :3]} if k == 12 else kw)
+        pipe(
+            class_labels=[3],
+            top_k=1,
+            callback_on_step_end=lambda p, s, k, kw: {"tokens": donor[:, :3]} if k == 12 else kw,
+        )
 
 
 # -- one owner per rule -----------------------------------------------------------------------------------
 def test_pipeline_refuses_a_mismatched_pair(pipe):
-    other = DetailFlowForImageGeneration(DetailFlowARConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=128, num_tokens=32, group_size=8,
-        num_classes=10))
+    other = DetailFlowForImageGeneration(
+        DetailFlowARConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=128,
+            num_tokens=32,
+            group_size=8,
+            num_classes=10,
+        )
+    )
     with pytest.raises(ValueError, match="group size is 4 in the tokenizer but 8 in the generator"):
         DetailFlowPipeline(vqvae=pipe.vqvae, transformer=other)
 
@@ -250,11 +330,25 @@ def test_from_pretrained_refuses_a_mismatched_pair(converted_dir, tmp_path):
 
 
 def test_schedule_and_config_share_the_causal_rule():
-    message = r"causal_num \(16\) must be a positive multiple of group_size \(8\) and at most num_tokens - group_size \(8\)"
+    message = (
+        r"causal_num \(16\) must be a positive multiple of group_size \(8\) and at most num_tokens - group_size \(8\)"
+    )
     with pytest.raises(ValueError, match=message):
         ResolutionSchedule(64, 16, 8, 16, 1.5, 8, 8)
     with pytest.raises(Exception, match=message):  # @strict wraps it in its validation error
         DetailFlowARConfig(num_tokens=16, group_size=8, causal_num=16, hidden_size=32, num_attention_heads=2)
-    assert ResolutionSchedule(64, 16, 8, 8, 1.5, 8, 8).token_list == DetailFlowForImageGeneration(
-        DetailFlowARConfig(num_tokens=16, group_size=8, causal_num=8, hidden_size=32, num_attention_heads=2,
-                           num_hidden_layers=1, vocab_size=16, num_classes=2)).prefix_lengths()
+    assert (
+        ResolutionSchedule(64, 16, 8, 8, 1.5, 8, 8).token_list
+        == DetailFlowForImageGeneration(
+            DetailFlowARConfig(
+                num_tokens=16,
+                group_size=8,
+                causal_num=8,
+                hidden_size=32,
+                num_attention_heads=2,
+                num_hidden_layers=1,
+                vocab_size=16,
+                num_classes=2,
+            )
+        ).prefix_lengths()
+    )

@@ -100,7 +100,7 @@ def test_tiny_generator_loss_drops_on_a_fixed_batch():
 
 def test_half_written_checkpoint_is_never_latest_and_pruning(tmp_path):
     accelerator = Accelerator(cpu=True)
-    model = accelerator.prepare(torch.nn.Linear(2, 2))
+    accelerator.prepare(torch.nn.Linear(2, 2))
     for step in (10, 20, 30):
         save_checkpoint(accelerator, tmp_path, step, total_limit=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-20", "checkpoint-30"]
@@ -125,19 +125,52 @@ def codes_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     write_image_folder(root / "images")
     tiny_tokenizer().save_pretrained(root / "tokenizer")
-    assert load_example("extract_codes").main([
-        "--tokenizer", str(root / "tokenizer"), "--output_dir", str(root / "codes"),
-        "--train_data_dir", str(root / "images"), "--rows_per_shard", "5",
-    ]) == 0
+    assert (
+        load_example("extract_codes").main(
+            [
+                "--tokenizer",
+                str(root / "tokenizer"),
+                "--output_dir",
+                str(root / "codes"),
+                "--train_data_dir",
+                str(root / "images"),
+                "--rows_per_shard",
+                "5",
+            ]
+        )
+        == 0
+    )
     return root
 
 
 def train(root, out, *extra):
-    return load_example("train_generator").main([
-        "--tokenizer", str(root / "tokenizer"), "--codes_dir", str(root / "codes"), "--output_dir", str(out),
-        "--config", "tiny", "--max_train_steps", "12", "--train_batch_size", "4", "--shuffle_buffer_size", "6",
-        "--checkpointing_steps", "4", "--sample_steps", "100", "--report_to", "none", "--seed", "5", *extra,
-    ])
+    return load_example("train_generator").main(
+        [
+            "--tokenizer",
+            str(root / "tokenizer"),
+            "--codes_dir",
+            str(root / "codes"),
+            "--output_dir",
+            str(out),
+            "--config",
+            "tiny",
+            "--max_train_steps",
+            "12",
+            "--train_batch_size",
+            "4",
+            "--shuffle_buffer_size",
+            "6",
+            "--checkpointing_steps",
+            "4",
+            "--sample_steps",
+            "100",
+            "--report_to",
+            "none",
+            "--seed",
+            "5",
+            *extra,
+        ]
+    )
 
 
 def test_resume_is_exact_and_the_export_loads(codes_dir, tmp_path):
@@ -164,7 +197,7 @@ def test_resume_is_exact_and_the_export_loads(codes_dir, tmp_path):
 
 
 # -- nothing lost, nothing executed ---------------------------------------------------------------------
-KILL_DRIVER = r'''
+KILL_DRIVER = r"""
 import json, os, shutil, signal, sys
 from pathlib import Path
 
@@ -210,7 +243,7 @@ elif point == "pruning":  # half-way through deleting the old checkpoint
         return real_rmtree(path, *a, **k)
     shutil.rmtree = rmtree
 load_example("train_generator").main(args)
-'''
+"""
 
 
 @pytest.mark.parametrize("point", ["writing", "marked", "renamed", "pruning"])
@@ -224,17 +257,45 @@ def test_a_kill_during_a_save_with_limit_one_loses_nothing(codes_dir, tmp_path, 
     root = Path(__file__).resolve().parents[1]
     common = ["--checkpoints_total_limit", "1"]
     straight = train(codes_dir, tmp_path / "straight", *common)
-    args = ["--tokenizer", str(codes_dir / "tokenizer"), "--codes_dir", str(codes_dir / "codes"), "--output_dir",
-            str(tmp_path / "killed"), "--config", "tiny", "--max_train_steps", "12", "--train_batch_size", "4",
-            "--shuffle_buffer_size", "6", "--checkpointing_steps", "4", "--sample_steps", "100", "--report_to", "none",
-            "--seed", "5", *common]
-    killed = subprocess.run([sys.executable, "-c", KILL_DRIVER, point, json.dumps(args)], cwd=root,
-                            capture_output=True, text=True, timeout=300)
+    args = [
+        "--tokenizer",
+        str(codes_dir / "tokenizer"),
+        "--codes_dir",
+        str(codes_dir / "codes"),
+        "--output_dir",
+        str(tmp_path / "killed"),
+        "--config",
+        "tiny",
+        "--max_train_steps",
+        "12",
+        "--train_batch_size",
+        "4",
+        "--shuffle_buffer_size",
+        "6",
+        "--checkpointing_steps",
+        "4",
+        "--sample_steps",
+        "100",
+        "--report_to",
+        "none",
+        "--seed",
+        "5",
+        *common,
+    ]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_DRIVER, point, json.dumps(args)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     survivor = latest_checkpoint(tmp_path / "killed")
-    assert survivor is not None and survivor.name == ("checkpoint-4" if point in ("writing", "marked") else "checkpoint-8")
+    assert survivor is not None and survivor.name == (
+        "checkpoint-4" if point in ("writing", "marked") else "checkpoint-8"
+    )
     resumed = train(codes_dir, tmp_path / "killed", "--resume_from_checkpoint", "latest", *common)
-    assert resumed.global_step == 12 and resumed.losses == straight.losses[-len(resumed.losses):]
+    assert resumed.global_step == 12 and resumed.losses == straight.losses[-len(resumed.losses) :]
     a = load_file(tmp_path / "straight" / "transformer" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "transformer" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -254,7 +315,8 @@ class Payload:
 
 
 @pytest.mark.parametrize(
-    "name", ["process_0_state.pt", "shared_state.pt", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"]
+    "name",
+    ["process_0_state.pt", "shared_state.pt", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"],
 )
 def test_a_checkpoint_carrying_a_pickle_payload_is_refused(codes_dir, tmp_path, name):
     out = tmp_path / "run"

@@ -47,7 +47,10 @@ def broken_copy(converted_dir, tmp_path, edit) -> str:
         (["--seed", "x"], "argument --seed: 'x' is not a seed"),
         (["--num-images", "0"], "argument --num-images: 0 is out of range; expected a positive integer >= 1"),
         (["--num-images", "100000"], "the grid of 100000 images at 64 px would have"),
-        (["--num-images", "40", "--progressive", "--display-size", "512"], "the coarse-to-fine strip of 40 images at 512 px would have 115,343,360 pixels"),
+        (
+            ["--num-images", "40", "--progressive", "--display-size", "512"],
+            "the coarse-to-fine strip of 40 images at 512 px would have 115,343,360 pixels",
+        ),
         (["--display-size", "100000"], "argument --display-size: 100000 is out of range"),
         (["--num-tokens", "-4"], "argument --num-tokens: -4 is out of range"),
         (["--num-tokens", "6"], "num_tokens=6 is not a valid prefix length"),
@@ -60,13 +63,17 @@ def test_generate_flags(converted_dir, tmp_path, capsys, args, message):
 
 
 def test_generate_output_kinds(converted_dir, tmp_path, capsys):
-    code, _ = run(capsys, "generate", "--model", converted_dir, "--class", 1, "--num-images", 2, "--output", tmp_path / "x.jpg")
+    code, _ = run(
+        capsys, "generate", "--model", converted_dir, "--class", 1, "--num-images", 2, "--output", tmp_path / "x.jpg"
+    )
     assert code == 0 and (tmp_path / "x.jpg").is_file() and Image.open(tmp_path / "x.jpg").size == (128, 64)
     (tmp_path / "dir.png").mkdir()
     (tmp_path / "plain").write_text("a file")
-    for output, message in ((tmp_path / "x.txt", "expected a grid file ending in .png/.jpg/.jpeg/.webp"),
-                            (tmp_path / "dir.png", "is an existing folder; a grid file was meant"),
-                            (tmp_path / "plain", "is an existing file; expected a folder")):
+    for output, message in (
+        (tmp_path / "x.txt", "expected a grid file ending in .png/.jpg/.jpeg/.webp"),
+        (tmp_path / "dir.png", "is an existing folder; a grid file was meant"),
+        (tmp_path / "plain", "is an existing file; expected a folder"),
+    ):
         code, line = run(capsys, "generate", "--model", converted_dir, "--class", 1, "--output", output)
         assert code == 2 and message in line, line
 
@@ -84,21 +91,39 @@ def test_many_images_are_generated_in_bounded_batches(converted_dir, tmp_path, c
         return original(self, class_labels, **kwargs)
 
     monkeypatch.setattr(DetailFlowPipeline, "__call__", spy)
-    code, _ = run(capsys, "generate", "--model", converted_dir, "--class", 1, "--class", 2, "--num-images", 4,
-                  "--seed", 5, "--output", tmp_path / "many")
+    code, _ = run(
+        capsys,
+        "generate",
+        "--model",
+        converted_dir,
+        "--class",
+        1,
+        "--class",
+        2,
+        "--num-images",
+        4,
+        "--seed",
+        5,
+        "--output",
+        tmp_path / "many",
+    )
     assert code == 0 and sizes == [3, 3, 2]
     files = sorted((tmp_path / "many").iterdir())
     assert len(files) == 8
     # batching does not change an image: image 5 (class 2, seed 10) alone gives the same pixels
-    alone = DetailFlowPipeline.from_pretrained(converted_dir)(class_labels=[2], generator=[torch.Generator().manual_seed(10)])
+    alone = DetailFlowPipeline.from_pretrained(converted_dir)(
+        class_labels=[2], generator=[torch.Generator().manual_seed(10)]
+    )
     assert np.array_equal(np.asarray(Image.open(files[5])), np.asarray(alone.images[0]))
 
 
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda f: (f / "transformer" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00{}"),
-         "cannot load the pipeline"),
+        (
+            lambda f: (f / "transformer" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00{}"),
+            "cannot load the pipeline",
+        ),
         (lambda f: (f / "vqvae" / "config.json").write_text("{not json"), "cannot load the pipeline"),
         (lambda f: (f / "vqvae" / "config.json").write_text("[1, 2]"), "holds a JSON list; expected an object"),
         (lambda f: _edit_json(f / "transformer" / "config.json", num_tokens="32"), "cannot load the pipeline"),
@@ -138,9 +163,20 @@ def test_reconstruct_inputs(converted_dir, tmp_path, capsys):
 
 
 def test_convert_refuses_bad_sampling(fixture_dir, tmp_path, capsys):
-    code, line = run(capsys, "convert", "--tokenizer", fixture_dir / "tokenizer", "--generator", fixture_dir / "ar",
-                     "--tokenizer-architecture", fixture_dir / "tokenizer" / "architecture.json", "--output",
-                     tmp_path / "o", "--guidance-scale", "0.5")
+    code, line = run(
+        capsys,
+        "convert",
+        "--tokenizer",
+        fixture_dir / "tokenizer",
+        "--generator",
+        fixture_dir / "ar",
+        "--tokenizer-architecture",
+        fixture_dir / "tokenizer" / "architecture.json",
+        "--output",
+        tmp_path / "o",
+        "--guidance-scale",
+        "0.5",
+    )
     assert code == 2 and "guidance_scale=0.5 is not supported" in line and not (tmp_path / "o").exists()
 
 
@@ -161,7 +197,7 @@ def test_transparent_images_are_composited_onto_white(tmp_path):
 
 def test_image_size_limit_is_checked_before_decoding(tmp_path):
     Image.new("1", (9000, 8000)).save(tmp_path / "big.png")
-    assert 9000 * 8000 > MAX_IMAGE_PIXELS
+    assert MAX_IMAGE_PIXELS < 9000 * 8000
     with pytest.raises(ValueError, match=r"'.*big.png' is 9000 x 8000 px"):
         open_image(tmp_path / "big.png")
 
@@ -183,14 +219,17 @@ def test_image_size_limit_is_checked_before_decoding(tmp_path):
 def test_training_flags_out_of_range(tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as exit_:
         load_example("train_generator").parse_args(
-            ["--tokenizer", "t", "--codes_dir", "c", "--output_dir", str(tmp_path), f"{flag}={value}"])
+            ["--tokenizer", "t", "--codes_dir", "c", "--output_dir", str(tmp_path), f"{flag}={value}"]
+        )
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_training_output_dir_must_be_a_folder(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match=r"--output_dir .*file exists and is not a folder"):
-        load_example("train_generator").main(["--tokenizer", "t", "--codes_dir", "c", "--output_dir", str(tmp_path / "file")])
+        load_example("train_generator").main(
+            ["--tokenizer", "t", "--codes_dir", "c", "--output_dir", str(tmp_path / "file")]
+        )
 
 
 # -- the Space ----------------------------------------------------------------------------------------

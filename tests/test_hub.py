@@ -38,10 +38,20 @@ def test_pipeline_push_writes_weights_code_and_card(pipe, tmp_path, expected):
     assert api.calls[0] == ("create_repo", "me/detailflow-tiny", True, True)
     repo = tmp_path / "me" / "detailflow-tiny"
     assert {
-        "README.md", "model_index.json", "pipeline_detailflow.py", "labels.py",
-        "vqvae/config.json", "vqvae/diffusion_pytorch_model.safetensors", "vqvae/detailflow_tokenizer.py", "vqvae/schedule.py",
-        "transformer/config.json", "transformer/model.safetensors", "transformer/modeling_detailflow_ar.py",
-        "transformer/configuration_ar.py", "transformer/sampling.py", "transformer/schedule.py",
+        "README.md",
+        "model_index.json",
+        "pipeline_detailflow.py",
+        "labels.py",
+        "vqvae/config.json",
+        "vqvae/diffusion_pytorch_model.safetensors",
+        "vqvae/detailflow_tokenizer.py",
+        "vqvae/schedule.py",
+        "transformer/config.json",
+        "transformer/model.safetensors",
+        "transformer/modeling_detailflow_ar.py",
+        "transformer/configuration_ar.py",
+        "transformer/sampling.py",
+        "transformer/schedule.py",
     } <= files(repo)
     card = ModelCard.load(repo / "README.md")
     assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "unconditional-image-generation"
@@ -52,7 +62,9 @@ def test_pipeline_push_writes_weights_code_and_card(pipe, tmp_path, expected):
     # the uploaded folder loads back with this package's classes
     loaded = DetailFlowPipeline.from_pretrained(repo)
     assert type(loaded.vqvae).__module__ == "detailflow_hf.models.tokenizer"
-    assert torch.equal(loaded(class_labels=expected["ar.labels"], top_k=1, output_type="pt").token_ids, expected["ar.greedy.cfg1.5"])
+    assert torch.equal(
+        loaded(class_labels=expected["ar.labels"], top_k=1, output_type="pt").token_ids, expected["ar.greedy.cfg1.5"]
+    )
 
 
 def test_exported_folder_loads_with_stock_diffusers_only(pipe, tmp_path, expected):

@@ -1,4 +1,6 @@
-"""Generation from an image: keep its first k tokens, regrow the rest (variations, class transfer, detail completion)."""
+"""Generation from an image: keep its first k tokens, regrow the rest.
+
+Variations, class transfer and detail completion."""
 
 import numpy as np
 import pytest
@@ -23,7 +25,9 @@ def encoded(pipe, image) -> torch.LongTensor:
 def test_the_kept_prefix_is_exactly_the_image_encoding(pipe, photo):
     ids = encoded(pipe, photo)
     for k in [0, 1, 4, 8, 20, 32]:
-        out = pipe(class_labels=[3], image=photo, keep_tokens=k, generator=torch.Generator().manual_seed(0), output_type="pt")
+        out = pipe(
+            class_labels=[3], image=photo, keep_tokens=k, generator=torch.Generator().manual_seed(0), output_type="pt"
+        )
         assert out.kept_tokens == k and out.token_ids.shape == (1, 32)
         assert torch.equal(out.token_ids[:, :k], ids[:, :k])
     full = pipe(class_labels=[3], image=photo, keep_tokens=32, output_type="pt")
@@ -39,8 +43,14 @@ def test_greedy_continuation_of_an_image_prefix_matches_the_model(pipe, photo):
 
 def test_every_input_form_encodes_alike(pipe, photo):
     array = np.asarray(photo, dtype=np.float32) / 255
-    forms = [photo, [photo], array, array[None], torch.from_numpy(array).permute(2, 0, 1),
-             torch.from_numpy(array).permute(2, 0, 1)[None]]
+    forms = [
+        photo,
+        [photo],
+        array,
+        array[None],
+        torch.from_numpy(array).permute(2, 0, 1),
+        torch.from_numpy(array).permute(2, 0, 1)[None],
+    ]
     results = [pipe.encode_prefix(form, 12) for form in forms]
     assert all(torch.equal(r, results[0]) for r in results) and results[0].shape == (1, 12)
 
@@ -62,15 +72,24 @@ def test_keep_tokens_follows_the_input_resolution(pipe, photo):
 def test_images_labels_and_copies(pipe, photo):
     other = photo.transpose(Image.FLIP_TOP_BOTTOM)
     gens = [torch.Generator().manual_seed(s) for s in range(6)]
-    out = pipe(class_labels=[1, 2, 3], image=photo, keep_tokens=4, num_images_per_prompt=2, generator=gens,
-               output_type="pt", return_intermediates=True)
+    out = pipe(
+        class_labels=[1, 2, 3],
+        image=photo,
+        keep_tokens=4,
+        num_images_per_prompt=2,
+        generator=gens,
+        output_type="pt",
+        return_intermediates=True,
+    )
     assert out.images.shape == (6, 3, 64, 64) and len(out.intermediates) == len(pipe.prefix_lengths())
     assert torch.equal(out.token_ids[:, :4], encoded(pipe, photo)[:, :4].expand(6, -1))
     two = pipe(class_labels=[1], image=[photo, other], keep_tokens=8, output_type="np")
     assert two.images.shape == (2, 64, 64, 3)
     assert torch.equal(two.token_ids[1, :8], encoded(pipe, other)[0, :8])
     # the same image and seed, alone or in a batch: the same variation
-    alone = pipe(class_labels=[2], image=photo, keep_tokens=4, generator=[torch.Generator().manual_seed(2)], output_type="pt")
+    alone = pipe(
+        class_labels=[2], image=photo, keep_tokens=4, generator=[torch.Generator().manual_seed(2)], output_type="pt"
+    )
     assert torch.equal(alone.token_ids, out.token_ids[2:3])
 
 
@@ -101,10 +120,30 @@ def test_cli_vary_writes_the_kept_image_then_the_variations(converted_dir, pipe,
 
     photo.save(tmp_path / "in.png")
     result = subprocess.run(
-        [sys.executable, "-m", "detailflow_hf.cli", "vary", "--model", str(converted_dir), "--image", str(tmp_path / "in.png"),
-         "--keep-tokens", "8", "--class", "3", "--num-images", "3", "--seed", "4", "--output", str(tmp_path / "v.png"),
-         "--progressive"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "detailflow_hf.cli",
+            "vary",
+            "--model",
+            str(converted_dir),
+            "--image",
+            str(tmp_path / "in.png"),
+            "--keep-tokens",
+            "8",
+            "--class",
+            "3",
+            "--num-images",
+            "3",
+            "--seed",
+            "4",
+            "--output",
+            str(tmp_path / "v.png"),
+            "--progressive",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("kept 8 tokens (24 px) of ")
@@ -115,14 +154,32 @@ def test_cli_vary_writes_the_kept_image_then_the_variations(converted_dir, pipe,
     second = pipe(class_labels=[3], image=photo, keep_tokens=8, generator=[torch.Generator().manual_seed(5)]).images[0]
     assert np.array_equal(grid[:, 128:192], np.asarray(second))  # variation i is seeded with seed + i
     assert Image.open(tmp_path / "v_progressive.png").size == (11 * 64, 3 * 64)
-    bad = subprocess.run([sys.executable, "-m", "detailflow_hf.cli", "vary", "--model", str(converted_dir), "--image",
-                          str(tmp_path / "in.png"), "--keep-tokens", "5", "--class", "3", "--output", str(tmp_path / "w.png")],
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "detailflow_hf.cli",
+            "vary",
+            "--model",
+            str(converted_dir),
+            "--image",
+            str(tmp_path / "in.png"),
+            "--keep-tokens",
+            "5",
+            "--class",
+            "3",
+            "--output",
+            str(tmp_path / "w.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "keep_tokens=5 is not a valid prefix length" in bad.stderr.splitlines()[-1]
 
 
 def test_space_vary_api(pipe, photo, tmp_path):
-    gradio = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
+    pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
     from gradio_client import Client, handle_file
 
     from .test_spaces_demo import app_module_from_path, free_port
@@ -135,7 +192,9 @@ def test_space_vary_api(pipe, photo, tmp_path):
         client = Client(url, verbose=False)
         assert "/vary" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
         path = client.predict(handle_file(str(tmp_path / "in.png")), 8, "3", 1.5, 7, api_name="/vary")
-        expected = pipe(class_labels=[3], image=photo, keep_tokens=8, generator=torch.Generator().manual_seed(7)).images[0]
+        expected = pipe(
+            class_labels=[3], image=photo, keep_tokens=8, generator=torch.Generator().manual_seed(7)
+        ).images[0]
         assert Image.open(path).resize((64, 64), Image.NEAREST).tobytes() == expected.tobytes()
         job = client.submit(handle_file(str(tmp_path / "in.png")), 5, "3", 1.5, 7, api_name="/vary_progressive")
         job.result(timeout=120)

@@ -28,7 +28,9 @@ def test_training_loss_matches_the_original(gpt, expected):
     assert abs(out.loss.item() - expected["ar.loss"].item()) <= 1e-5
 
 
-@pytest.mark.parametrize("scale, gradual, key", [(1.5, False, "ar.greedy.cfg1.5"), (3.0, True, "ar.greedy.cfg3.0_gradual")])
+@pytest.mark.parametrize(
+    "scale, gradual, key", [(1.5, False, "ar.greedy.cfg1.5"), (3.0, True, "ar.greedy.cfg3.0_gradual")]
+)
 def test_greedy_generation_matches_the_original(gpt, expected, scale, gradual, key):
     ids = gpt.generate(expected["ar.labels"], guidance_scale=scale, gradual_guidance=gradual, top_k=1)
     assert ids.dtype == torch.long
@@ -74,8 +76,15 @@ def test_save_load_and_auto_classes(gpt, expected, tmp_path):
 
 
 def test_fresh_model_follows_the_original_init():
-    config = DetailFlowARConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=16, num_tokens=8,
-                                group_size=2, num_classes=3)
+    config = DetailFlowARConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=16,
+        num_tokens=8,
+        group_size=2,
+        num_classes=3,
+    )
     model = DetailFlowForImageGeneration(config)
     assert config.intermediate_size == 256  # find_multiple(int(8 * 32 / 3), 256)
     assert model.lm_head.weight.abs().max() == 0
@@ -112,16 +121,36 @@ CONFIGS = [
 def test_any_shape_matches_the_original(tmp_path, dim, layers, heads, kv, vocab, classes, group, causal, tokens):
     hidden = 256
     state = original_gpt_state(dim, layers, heads, kv, vocab, classes, group, hidden, seed=dim + tokens)
-    config = {"dim": dim, "n_layer": layers, "n_head": heads, "n_kv_head": kv, "vocab_size": vocab, "num_classes": classes,
-              "block_size": tokens, "group_size": group, "causal_num": causal, "cls_token_num": 1, "rope_base": 10000,
-              "norm_eps": 1e-5}
+    config = {
+        "dim": dim,
+        "n_layer": layers,
+        "n_head": heads,
+        "n_kv_head": kv,
+        "vocab_size": vocab,
+        "num_classes": classes,
+        "block_size": tokens,
+        "group_size": group,
+        "causal_num": causal,
+        "cls_token_num": 1,
+        "rope_base": 10000,
+        "norm_eps": 1e-5,
+    }
     root = write_release(tmp_path / "ar", {}, config, {"gpt_model": "GPT-B"}, ema=state)
     ours = convert_generator(root)
     assert ours.config.num_key_value_heads == kv and ours.config.causal_num == causal
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, vocab, (2, tokens), generator=g)
     labels = torch.tensor([0, classes])
-    cfg = {"dim": dim, "n_head": heads, "n_kv": kv, "group": group, "causal": causal, "block_size": tokens, "base": 10000.0, "eps": 1e-5}
+    cfg = {
+        "dim": dim,
+        "n_head": heads,
+        "n_kv": kv,
+        "group": group,
+        "causal": causal,
+        "block_size": tokens,
+        "base": 10000.0,
+        "eps": 1e-5,
+    }
     for length in (0, 1, causal - 1, causal, causal + group, tokens - group):
         reference = original_gpt_logits(state, cfg, codes[:, :length], labels)
         logits = ours(codes[:, :length], labels).logits

@@ -21,7 +21,7 @@ def test_pt_output_is_the_clamped_original_pixels(pipe, expected):
 
 def test_np_and_pil_outputs(pipe):
     arr = pipe(class_labels=[1, 2], top_k=1, output_type="np").images
-    assert isinstance(arr, np.ndarray) and arr.shape == (2, 64, 64, 3) and 0 <= arr.min() and arr.max() <= 1
+    assert isinstance(arr, np.ndarray) and arr.shape == (2, 64, 64, 3) and arr.min() >= 0 and arr.max() <= 1
     pil = pipe(class_labels=[1, 2], top_k=1).images
     assert all(isinstance(im, Image.Image) and im.size == (64, 64) for im in pil)
     assert np.abs(np.asarray(pil[0], dtype=np.float32) / 255 - arr[0]).max() <= 1 / 255 + 1e-6
@@ -56,8 +56,12 @@ def test_intermediates_sharpen_coarse_to_fine(pipe):
 
 
 def test_num_images_per_prompt_and_generators(pipe):
-    out = pipe(class_labels=[1, 2], num_images_per_prompt=3, output_type="pt",
-               generator=[torch.Generator().manual_seed(i) for i in range(6)])
+    out = pipe(
+        class_labels=[1, 2],
+        num_images_per_prompt=3,
+        output_type="pt",
+        generator=[torch.Generator().manual_seed(i) for i in range(6)],
+    )
     assert out.images.shape == (6, 3, 64, 64)
     with pytest.raises(ValueError, match=r"got 2 generators for 6 images \(2 labels x 3 per label\)"):
         pipe(class_labels=[1, 2], num_images_per_prompt=3, generator=[torch.Generator(), torch.Generator()])
@@ -65,7 +69,11 @@ def test_num_images_per_prompt_and_generators(pipe):
 
 def test_callback_sees_every_step(pipe):
     seen = []
-    pipe(class_labels=[1], top_k=1, callback_on_step_end=lambda p, step, k, kw: seen.append((step, k, kw["tokens"].shape)))
+    pipe(
+        class_labels=[1],
+        top_k=1,
+        callback_on_step_end=lambda p, step, k, kw: seen.append((step, k, kw["tokens"].shape)),
+    )
     assert [s[1] for s in seen] == pipe.prefix_lengths()
     assert seen[-1] == (10, 32, (1, 32))
 
@@ -76,7 +84,10 @@ def test_callback_sees_every_step(pipe):
         ({"output_type": "jpg"}, r"output_type='jpg' is not supported; expected one of \['pil', 'np', 'pt'\]"),
         ({"num_tokens": 5}, r"num_tokens=5 is not a valid prefix length; expected one of \[1, 2, 3, 4, 8, 12"),
         ({"guidance_scale": 0.5}, r"guidance_scale=0.5 is not supported; expected a finite number >= 1"),
-        ({"class_labels": [10]}, r"class id 10 is out of range; expected 0 <= id < 10 \(id 10 is the internal null class"),
+        (
+            {"class_labels": [10]},
+            r"class id 10 is out of range; expected 0 <= id < 10 \(id 10 is the internal null class",
+        ),
         ({"class_labels": [-1]}, r"class id -1 is out of range"),
         ({"class_labels": []}, r"class_labels is empty"),
         ({"num_images_per_prompt": 0}, r"num_images_per_prompt=0 must be an integer >= 1"),
@@ -97,7 +108,10 @@ def test_imagenet_names_and_ids(imagenet_pipe):
     assert pipe.labels.name(207) == "golden retriever"
     with pytest.raises(ValueError, match=r"unknown class name 'golden retreiver'; did you mean 'golden retriever'"):
         pipe.get_label_ids("golden retreiver")
-    with pytest.raises(ValueError, match=r"class id 1000 is out of range; expected 0 <= id < 1000 \(id 1000 is the internal null class"):
+    with pytest.raises(
+        ValueError,
+        match=r"class id 1000 is out of range; expected 0 <= id < 1000 \(id 1000 is the internal null class",
+    ):
         pipe(class_labels=[1000])
     out = pipe(class_labels=["otter", "macaw"], top_k=1, output_type="pt")
     assert out.images.shape == (2, 3, 32, 32)
@@ -119,7 +133,9 @@ def test_model_config_labels_and_registered_labels_round_trip(pipe, tmp_path):
         assert custom.get_label_ids("shape 3") == [3]
     finally:
         pipe.transformer.config.id2label = {0: "LABEL_0", 1: "LABEL_1"}
-    named = DetailFlowPipeline(vqvae=pipe.vqvae, transformer=pipe.transformer, id2label={i: f"c{i}, alt{i}" for i in range(10)})
+    named = DetailFlowPipeline(
+        vqvae=pipe.vqvae, transformer=pipe.transformer, id2label={i: f"c{i}, alt{i}" for i in range(10)}
+    )
     named.save_pretrained(tmp_path)
     loaded = DetailFlowPipeline.from_pretrained(tmp_path)
     assert loaded.get_label_ids(["alt4", "c7"]) == [4, 7]
@@ -146,10 +162,13 @@ def test_from_original_converts_once_offline(fixture_dir, architecture, expected
         pipe = DetailFlowPipeline.from_original(
             "ByteFlow-AI/DetailFlow-tiny", "ByteFlow-AI/DetailFlow-tiny-GPT-L", tokenizer_architecture=architecture
         )
-        assert torch.equal(pipe(class_labels=expected["ar.labels"], top_k=1, output_type="pt").token_ids, expected["ar.greedy.cfg1.5"])
+        assert torch.equal(
+            pipe(class_labels=expected["ar.labels"], top_k=1, output_type="pt").token_ids, expected["ar.greedy.cfg1.5"]
+        )
     assert len(calls) == 1  # the second call loads the cached conversion
-    local = DetailFlowPipeline.from_original(fixture_dir / "tokenizer", fixture_dir / "ar", tokenizer_architecture=architecture,
-                                             cache_dir=tmp_path)
+    local = DetailFlowPipeline.from_original(
+        fixture_dir / "tokenizer", fixture_dir / "ar", tokenizer_architecture=architecture, cache_dir=tmp_path
+    )
     assert (next(tmp_path.iterdir()) / "model_index.json").is_file() and len(calls) == 2
     assert isinstance(local, DetailFlowPipeline)
 

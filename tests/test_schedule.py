@@ -42,14 +42,20 @@ def test_causal_prefix_longer_than_a_group():
 
 
 def test_invalid_prefix_names_the_valid_ones():
-    with pytest.raises(ValueError, match=r"num_tokens=5 is not a valid prefix length; expected one of \[1, 2, 3, 4, 8"):
+    with pytest.raises(
+        ValueError, match=r"num_tokens=5 is not a valid prefix length; expected one of \[1, 2, 3, 4, 8"
+    ):
         tiny().check_prefix(5)
     assert tiny().check_prefix(8) == 8
 
 
 @pytest.mark.parametrize(
     "args, message",
-    [((64, 30, 4, 4, 1.5, 8, 8), "multiple of group_size"), ((64, 32, 4, 6, 1.5, 8, 8), "causal_num"), ((64, 32, 4, 4, 1.5, 16, 8), "encoder_patch_size")],
+    [
+        ((64, 30, 4, 4, 1.5, 8, 8), "multiple of group_size"),
+        ((64, 32, 4, 6, 1.5, 8, 8), "causal_num"),
+        ((64, 32, 4, 4, 1.5, 16, 8), "encoder_patch_size"),
+    ],
 )
 def test_bad_schedules(args, message):
     with pytest.raises(ValueError, match=message):

@@ -68,6 +68,6 @@ def test_gradients_skip_the_detached_prefix():
     tok = tiny_tokenizer().train()
     out = noisy_encode(tok, images(2), 4, generator=torch.Generator().manual_seed(0))
     out.noisy_pre_quant[:, 8:].sum().backward()
-    assert tok.refine_conv.weight.grad.abs().sum() > 0          # pass 2 sees refine_conv(prefix)
+    assert tok.refine_conv.weight.grad.abs().sum() > 0  # pass 2 sees refine_conv(prefix)
     assert tok.encoder.refined_tokens.grad[:, 8:].abs().sum() > 0
     assert tok.encoder.refined_tokens.grad[:, :8].abs().sum() == 0  # replaced by the prefix

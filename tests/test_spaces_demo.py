@@ -59,8 +59,9 @@ def test_api_generate_returns_the_final_image(served, pipe):
     first = Image.open(client.predict("3", 1.5, 7, 32, api_name="/generate"))
     again = Image.open(client.predict("3", 1.5, 7, 32, api_name="/generate"))
     assert first.size == (256, 256) and first.tobytes() == again.tobytes()
-    expected = pipe(class_labels=[3], guidance_scale=1.5, num_tokens=32,
-                    generator=__import__("torch").Generator().manual_seed(7)).images[0]
+    expected = pipe(
+        class_labels=[3], guidance_scale=1.5, num_tokens=32, generator=__import__("torch").Generator().manual_seed(7)
+    ).images[0]
     assert first.resize((64, 64), Image.NEAREST).tobytes() == expected.tobytes()
 
 
@@ -74,8 +75,11 @@ def test_progressive_stream_yields_every_step(served, pipe):
 
 def test_input_validation_reaches_the_user(served):
     client = Client(served, verbose=False)
-    for args, message in ((("zebra", 1.5, 0, 32), "unknown class name 'zebra'"), (("3", 1.5, 0, 5), r"5 is not in the list of choices: \[1, 2, 3, 4, 8"),
-                          (("3", 0.5, 0, 32), r"0\.5")):
+    for args, message in (
+        (("zebra", 1.5, 0, 32), "unknown class name 'zebra'"),
+        (("3", 1.5, 0, 5), r"5 is not in the list of choices: \[1, 2, 3, 4, 8"),
+        (("3", 0.5, 0, 32), r"0\.5"),
+    ):
         with pytest.raises(Exception, match=message):
             client.predict(*args, api_name="/generate")
 
@@ -120,8 +124,14 @@ def test_page_in_a_real_browser(converted_dir, tmp_path):
                 time.sleep(0.5)
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(
-                executable_path=CHROMIUM, headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+                executable_path=CHROMIUM,
+                headless=True,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                ],
             )
             page = browser.new_page()
             page.goto(url, wait_until="networkidle")
@@ -139,7 +149,9 @@ def test_page_in_a_real_browser(converted_dir, tmp_path):
             page.click("#vary")
             kept = max(k for k in keep_choices if k <= keep_choices[-1] // 2)  # the slider's default: half the tokens
             frames = (1 if kept else 0) + len([k for k in keep_choices[1:] if k > kept])
-            page.wait_for_function(f"document.querySelectorAll('#vary-gallery img').length >= {frames}", timeout=120_000)
+            page.wait_for_function(
+                f"document.querySelectorAll('#vary-gallery img').length >= {frames}", timeout=120_000
+            )
             page.locator("#vary-result img").screenshot(path=str(tmp_path / "vary.png"))
             assert f"keeps <strong>{kept} tokens</strong>" in page.content()
             page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
@@ -149,7 +161,11 @@ def test_page_in_a_real_browser(converted_dir, tmp_path):
         assert src and ("/file=" in src or "gradio_api" in src or src.startswith("data:"))
         for shot in ("result.png", "vary.png"):  # a generated picture, not the empty page background
             pixels = np.asarray(Image.open(tmp_path / shot).convert("RGB"), dtype=np.float32)
-            assert pixels.shape[0] >= 200 and pixels.std() > 10 and (np.abs(pixels - pixels[0, 0]).max(-1) > 30).mean() > 0.05, shot
+            assert (
+                pixels.shape[0] >= 200
+                and pixels.std() > 10
+                and (np.abs(pixels - pixels[0, 0]).max(-1) > 30).mean() > 0.05
+            ), shot
     finally:
         server.terminate()
         server.wait(timeout=30)

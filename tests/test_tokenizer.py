@@ -60,7 +60,10 @@ def test_save_load_round_trip(tokenizer, expected, tmp_path):
     [
         (torch.zeros(2, 64, 64), r"\(batch, 3, height, width\)"),
         (torch.zeros(2, 1, 64, 64), r"\(batch, 3, height, width\)"),
-        (torch.zeros(1, 3, 60, 64), r"pixel_values are 60 x 64 px but this tokenizer encodes 64 x 64 \(its image_size\)"),
+        (
+            torch.zeros(1, 3, 60, 64),
+            r"pixel_values are 60 x 64 px but this tokenizer encodes 64 x 64 \(its image_size\)",
+        ),
         (torch.zeros(1, 3, 32, 32), r"pixel_values are 32 x 32 px but this tokenizer encodes 64 x 64"),
         (torch.zeros(1, 3, 128, 128), r"pixel_values are 128 x 128 px"),
         (torch.full((1, 3, 64, 64), 255.0), r"range \[255, 255\] is outside the expected \[-1, 1\]"),
@@ -84,10 +87,50 @@ def test_bad_tokens_are_named(tokenizer):
 
 SHAPES = [
     # (encoder, decoder, N, g, causal_num, image_size): other widths, heads, patch sizes, causal prefixes
-    (dict(hidden_size=24, intermediate_size=40, num_attention_heads=3, num_hidden_layers=1, num_patches=16, patch_size=4),
-     dict(hidden_size=16, intermediate_size=24, num_attention_heads=2, num_hidden_layers=2, num_patches=16, patch_size=8), 16, 2, 4, 32),
-    (dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_hidden_layers=2, num_patches=36, patch_size=8),
-     dict(hidden_size=24, intermediate_size=32, num_attention_heads=6, num_hidden_layers=1, num_patches=36, patch_size=8), 24, 8, 8, 48),
+    (
+        dict(
+            hidden_size=24,
+            intermediate_size=40,
+            num_attention_heads=3,
+            num_hidden_layers=1,
+            num_patches=16,
+            patch_size=4,
+        ),
+        dict(
+            hidden_size=16,
+            intermediate_size=24,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            num_patches=16,
+            patch_size=8,
+        ),
+        16,
+        2,
+        4,
+        32,
+    ),
+    (
+        dict(
+            hidden_size=32,
+            intermediate_size=48,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            num_patches=36,
+            patch_size=8,
+        ),
+        dict(
+            hidden_size=24,
+            intermediate_size=32,
+            num_attention_heads=6,
+            num_hidden_layers=1,
+            num_patches=36,
+            patch_size=8,
+        ),
+        24,
+        8,
+        8,
+        48,
+    ),
 ]
 
 
@@ -96,9 +139,21 @@ def test_any_shape_matches_the_original(tmp_path, enc, dec, n, g, c, size):
     for spec in (enc, dec):
         spec.update(layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
     state = original_tokenizer_state(enc, dec, n, vocab=64, embed_dim=6, seed=n)
-    config = {"enc_patch_size": enc["patch_size"], "dec_patch_size": dec["patch_size"], "group_size": g, "causal_num": c,
-              "num_latent_tokens": n, "causal_encoder": True, "causal_decoder": False}
-    yaml_config = {"max_image_size": size, "group_size": g, "degradation_power": 1.5, "content_degradation": "resolution_power"}
+    config = {
+        "enc_patch_size": enc["patch_size"],
+        "dec_patch_size": dec["patch_size"],
+        "group_size": g,
+        "causal_num": c,
+        "num_latent_tokens": n,
+        "causal_encoder": True,
+        "causal_decoder": False,
+    }
+    yaml_config = {
+        "max_image_size": size,
+        "group_size": g,
+        "degradation_power": 1.5,
+        "content_degradation": "resolution_power",
+    }
     root = write_release(tmp_path / "tok", state, config, yaml_config)
     ours = convert_tokenizer(root, architecture={"encoder": enc, "decoder": dec})
     images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -114,11 +169,31 @@ def test_any_shape_matches_the_original(tmp_path, enc, dec, n, g, c, size):
 
 def test_fresh_tables_follow_the_original_init():
     torch.manual_seed(0)
-    spec = dict(hidden_size=64, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1, num_patches=16,
-                patch_size=8, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
-    vq = DetailFlowTokenizer(image_size=32, num_latent_tokens=64, group_size=4, codebook_size=16, codebook_embed_dim=4,
-                             encoder_config=spec, decoder_config=spec)
-    for table in (vq.encoder.latent_tokens, vq.encoder.refined_tokens, vq.encoder.latent_pos_embed, vq.decoder.latent_pos_embed):
+    spec = dict(
+        hidden_size=64,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        num_patches=16,
+        patch_size=8,
+        layer_norm_eps=1e-6,
+        hidden_act="gelu_pytorch_tanh",
+    )
+    vq = DetailFlowTokenizer(
+        image_size=32,
+        num_latent_tokens=64,
+        group_size=4,
+        codebook_size=16,
+        codebook_embed_dim=4,
+        encoder_config=spec,
+        decoder_config=spec,
+    )
+    for table in (
+        vq.encoder.latent_tokens,
+        vq.encoder.refined_tokens,
+        vq.encoder.latent_pos_embed,
+        vq.decoder.latent_pos_embed,
+    ):
         assert 0.015 < table.std().item() < 0.025
 
 

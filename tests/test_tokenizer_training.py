@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from transformers import Siglip2VisionConfig, Siglip2VisionModel
 
 from detailflow_hf import DetailFlowTokenizer
-from detailflow_hf.schedule import ResolutionSchedule
 from detailflow_hf.image_processing import center_crop_arr, to_tensor
+from detailflow_hf.schedule import ResolutionSchedule
 from detailflow_hf.training.degradation import (
     degrade,
     degraded_target,
@@ -37,8 +37,9 @@ from detailflow_hf.training.tokenizer_training import (
 )
 from tests.image_folder import load_example, write_image_folder
 
-TINY_SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8,
-                   num_patches=16)
+TINY_SIGLIP = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8, num_patches=16
+)
 
 
 # -- DiffAugment ---------------------------------------------------------------------------------------
@@ -67,8 +68,15 @@ def test_translation_and_cutout_zero_fill():
 
 
 # -- degradation ---------------------------------------------------------------------------------------
-SCHEDULE = ResolutionSchedule(max_image_size=64, num_tokens=32, group_size=4, causal_num=4, degradation_power=1.5,
-                              encoder_patch_size=8, decoder_patch_size=8)
+SCHEDULE = ResolutionSchedule(
+    max_image_size=64,
+    num_tokens=32,
+    group_size=4,
+    causal_num=4,
+    degradation_power=1.5,
+    encoder_patch_size=8,
+    decoder_patch_size=8,
+)
 
 
 def test_degraded_target_sizes_follow_the_schedule():
@@ -127,7 +135,8 @@ def test_global_token_loss_and_teacher_applies_post_layernorm_twice():
     from detailflow_hf.models.tokenizer import patchify
 
     once = teacher.model(
-        pixel_values=patchify(x, 8), pixel_attention_mask=torch.ones(2, 16, dtype=torch.long),
+        pixel_values=patchify(x, 8),
+        pixel_attention_mask=torch.ones(2, 16, dtype=torch.long),
         spatial_shapes=torch.tensor([[4, 4], [4, 4]]),
     ).last_hidden_state
     twice = F.normalize(teacher.model.post_layernorm(once).mean(1), dim=-1)
@@ -224,6 +233,7 @@ def run_script(monkeypatch, argv):
     import accelerate
 
     logged = {}
+
     def record(self, values, step=None, **kwargs):
         logged[step] = values
 
@@ -237,9 +247,26 @@ def run_script(monkeypatch, argv):
 def test_script_resume_is_exact_and_export_loads(tmp_path, image_dir, monkeypatch):
     config = tmp_path / "tiny_gan.yaml"
     config.write_text("preset: tiny\ndead_code_restart_steps: 2\nlosses:\n  disc_start: 2\n  perceptual_warmup: 2\n")
-    common = ["--config", str(config), "--train_data_dir", str(image_dir), "--max_train_steps", "6",
-              "--train_batch_size", "4", "--shuffle_buffer_size", "8", "--logging_steps", "1",
-              "--checkpointing_steps", "3", "--report_to", "none", "--seed", "7"]
+    common = [
+        "--config",
+        str(config),
+        "--train_data_dir",
+        str(image_dir),
+        "--max_train_steps",
+        "6",
+        "--train_batch_size",
+        "4",
+        "--shuffle_buffer_size",
+        "8",
+        "--logging_steps",
+        "1",
+        "--checkpointing_steps",
+        "3",
+        "--report_to",
+        "none",
+        "--seed",
+        "7",
+    ]
     straight = run_script(monkeypatch, common + ["--output_dir", str(tmp_path / "a")])
     first = run_script(monkeypatch, common + ["--output_dir", str(tmp_path / "b"), "--stop_after_steps", "3"])
     assert sorted(first) == [1, 2, 3] and not (tmp_path / "b" / "config.json").exists()  # no export yet
@@ -272,6 +299,7 @@ def test_script_resume_is_exact_and_export_loads(tmp_path, image_dir, monkeypatc
 
 
 # -- dead-code restarts ----------------------------------------------------------------------------------
+
 
 class TwoRankAccelerator:
     """Stands in for rank 0 of two processes: the other rank used `other_usage` and encoded `other_latents`."""

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from detailflow_hf.image_datasets import class_names, load_image_stream
 from detailflow_hf.image_processing import center_crop_arr, random_crop_arr, ten_crop, to_tensor
-from detailflow_hf.training.data import ImageTransform, build_train_stream, class_names, load_image_stream, make_loader
+from detailflow_hf.training.data import ImageTransform, build_train_stream, make_loader
 from tests.image_folder import CLASSES, write_image_folder
 
 
@@ -20,8 +21,11 @@ def folder(tmp_path_factory):
 def gradient_image(w, h):
     x = np.arange(w)[None, :, None] * 255 // max(w - 1, 1)
     y = np.arange(h)[:, None, None] * 255 // max(h - 1, 1)
-    return Image.fromarray(np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
-                                           np.full((h, w, 1), 128)], axis=-1).astype(np.uint8))
+    return Image.fromarray(
+        np.concatenate(
+            [np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)), np.full((h, w, 1), 128)], axis=-1
+        ).astype(np.uint8)
+    )
 
 
 def test_center_crop_halves_then_bicubic_and_crops_the_middle():
@@ -106,7 +110,9 @@ def test_stream_epoch_covers_every_good_image_once_and_skips_the_corrupt_one(fol
 
 def test_stream_resumes_exactly_through_the_stateful_loader(folder):
     def loader():
-        return make_loader(build_train_stream(resolution=32, seed=3, train_data_dir=str(folder), shuffle_buffer_size=6), 4)
+        return make_loader(
+            build_train_stream(resolution=32, seed=3, train_data_dir=str(folder), shuffle_buffer_size=6), 4
+        )
 
     straight = loader()
     it = iter(straight)
@@ -125,8 +131,15 @@ def test_two_processes_read_disjoint_rows(folder):
     seen = []
     for rank in range(2):
         accel = SimpleNamespace(process_index=rank, num_processes=2)
-        stream = build_train_stream(resolution=32, seed=0, accelerator=accel, train_data_dir=str(folder),
-                                    shuffle_buffer_size=1, random_crop=False, hflip=False)
+        stream = build_train_stream(
+            resolution=32,
+            seed=0,
+            accelerator=accel,
+            train_data_dir=str(folder),
+            shuffle_buffer_size=1,
+            random_crop=False,
+            hflip=False,
+        )
         seen.append({e["pixel_values"].numpy().tobytes() for e in islice(stream, 9)})
     assert len(seen[0]) == len(seen[1]) == 9 and not seen[0] & seen[1]
 
@@ -161,5 +174,7 @@ def test_a_long_run_of_undecodable_images_stops_the_stream(tmp_path, monkeypatch
     root = _corrupt_folder(tmp_path / "broken", 6)
     stream = build_train_stream(resolution=32, seed=0, train_data_dir=str(root), shuffle_buffer_size=1)
     stream.rows_read = 3  # as after a resume: the whole-pass check cannot apply to this pass
-    with pytest.raises(ValueError, match=rf"5 images of {str(root)!r} in a row could not be decoded \(5 skipped in all"):
+    with pytest.raises(
+        ValueError, match=rf"5 images of {str(root)!r} in a row could not be decoded \(5 skipped in all"
+    ):
         next(iter(stream))

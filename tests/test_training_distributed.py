@@ -26,13 +26,40 @@ def free_port() -> int:
 
 def launch(root: Path, out: Path, *extra: str):
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
         str(ROOT / "examples" / "train_generator.py"),
-        "--tokenizer", str(root / "tokenizer"), "--codes_dir", str(root / "codes"), "--output_dir", str(out),
-        "--max_train_steps", "4", "--checkpointing_steps", "2", "--train_batch_size", "2",
-        "--shuffle_buffer_size", "4", "--report_to", "none", "--sample_steps", "100", *extra,
+        "--tokenizer",
+        str(root / "tokenizer"),
+        "--codes_dir",
+        str(root / "codes"),
+        "--output_dir",
+        str(out),
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--train_batch_size",
+        "2",
+        "--shuffle_buffer_size",
+        "4",
+        "--report_to",
+        "none",
+        "--sample_steps",
+        "100",
+        *extra,
     ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -44,10 +71,21 @@ def launch(root: Path, out: Path, *extra: str):
 def test_two_cpu_ranks_read_disjoint_shards_checkpoint_and_resume(tmp_path):
     write_image_folder(tmp_path / "images")
     tiny_tokenizer().save_pretrained(tmp_path / "tokenizer")
-    assert load_example("extract_codes").main([
-        "--tokenizer", str(tmp_path / "tokenizer"), "--output_dir", str(tmp_path / "codes"),
-        "--train_data_dir", str(tmp_path / "images"), "--rows_per_shard", "5",
-    ]) == 0  # 18 rows -> 4 shards: 2 per rank
+    assert (
+        load_example("extract_codes").main(
+            [
+                "--tokenizer",
+                str(tmp_path / "tokenizer"),
+                "--output_dir",
+                str(tmp_path / "codes"),
+                "--train_data_dir",
+                str(tmp_path / "images"),
+                "--rows_per_shard",
+                "5",
+            ]
+        )
+        == 0
+    )  # 18 rows -> 4 shards: 2 per rank
     out = tmp_path / "out"
 
     launch(tmp_path, out, "--stop_after_steps", "2")

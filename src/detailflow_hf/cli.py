@@ -1,4 +1,6 @@
-"""`detailflow-hf`: generate, vary an image, convert, reconstruct, write model cards, evaluate. Thin: parse, call, report."""
+"""`detailflow-hf`: generate, vary an image, convert, reconstruct, write model cards, evaluate.
+
+Thin: parse, call, report."""
 
 from __future__ import annotations
 
@@ -65,17 +67,32 @@ BATCH_SIZE = 32  # images generated at a time: memory stays bounded for any --nu
 def _add_generate(subparsers):
     p = subparsers.add_parser("generate", help="generate images for class names or ids")
     p.add_argument("--model", help="pipeline folder or Hub repo id (default: the embedded model)")
-    p.add_argument("--class", dest="classes", action="append", required=True, metavar="NAME_OR_ID", help="class name or id (repeatable)")
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        required=True,
+        metavar="NAME_OR_ID",
+        help="class name or id (repeatable)",
+    )
     p.add_argument("--seed", type=flags.seed, default=0, help="image i uses seed + i")
-    p.add_argument("--num-tokens", type=flags.positive_int, help="detail level: a trained prefix length (default: all tokens)")
+    p.add_argument(
+        "--num-tokens", type=flags.positive_int, help="detail level: a trained prefix length (default: all tokens)"
+    )
     p.add_argument("--num-images", type=flags.positive_int, default=1, help="images per class")
     add_sampling_args(p)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--output", required=True,
-                   help="FILE.png/.jpg/.webp (one grid) or a folder without a suffix (one file per image)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="FILE.png/.jpg/.webp (one grid) or a folder without a suffix (one file per image)",
+    )
     p.add_argument("--progressive", action="store_true", help="also save the coarse-to-fine strip of every image")
-    p.add_argument("--display-size", type=flags.int_range(1, 4096, "a size in pixels"),
-                   help="enlarge grid cells and strip frames to N px (nearest), for small models")
+    p.add_argument(
+        "--display-size",
+        type=flags.int_range(1, 4096, "a size in pixels"),
+        help="enlarge grid cells and strip frames to N px (nearest), for small models",
+    )
     p.set_defaults(func=_generate)
 
 
@@ -83,9 +100,14 @@ def _check_output(output: Path, count: int, side: int, steps: int, progressive: 
     """Whether `--output` names one grid file (else a folder); sizes checked before any work."""
     is_file = output.suffix.lower() in IMAGE_SUFFIXES
     if output.suffix and not is_file:
-        raise UsageError(f"--output {output}: expected a grid file ending in {'/'.join(IMAGE_SUFFIXES)} or a folder without a suffix.")
+        raise UsageError(
+            f"--output {output}: expected a grid file ending in {'/'.join(IMAGE_SUFFIXES)} or a folder "
+            "without a suffix."
+        )
     if is_file and output.is_dir():
-        raise UsageError(f"--output {output} is an existing folder; a grid file was meant (its suffix is {output.suffix}).")
+        raise UsageError(
+            f"--output {output} is an existing folder; a grid file was meant (its suffix is {output.suffix})."
+        )
     if not is_file and output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} is an existing file; expected a folder for one file per image.")
     if is_file:
@@ -96,7 +118,8 @@ def _check_output(output: Path, count: int, side: int, steps: int, progressive: 
         for what, pixels in sizes.items():
             if pixels > MAX_OUTPUT_PIXELS:
                 raise UsageError(
-                    f"{what} of {count} images at {side} px would have {pixels:,} pixels, more than {MAX_OUTPUT_PIXELS:,}; "
+                    f"{what} of {count} images at {side} px would have {pixels:,} pixels, more than "
+                    f"{MAX_OUTPUT_PIXELS:,}; "
                     "use fewer images, a smaller --display-size, or a folder as --output."
                 )
     return is_file
@@ -112,7 +135,9 @@ def _generate(args) -> int:
     class_ids = pipe.get_label_ids(args.classes)
     count = len(class_ids) * args.num_images
     if args.seed + count - 1 > flags.MAX_SEED:
-        raise UsageError(f"--seed {args.seed}: the {count} images use seeds up to {args.seed + count - 1}, above {flags.MAX_SEED}.")
+        raise UsageError(
+            f"--seed {args.seed}: the {count} images use seeds up to {args.seed + count - 1}, above {flags.MAX_SEED}."
+        )
     pipe.check_inputs(class_ids, args.num_tokens, args.num_images, None, "pil", None, **sampling_arguments(args))
     steps = pipe.prefix_lengths(args.num_tokens)
     side = args.display_size or pipe.vqvae.schedule.decoder_resolution(steps[-1])
@@ -158,24 +183,37 @@ def _generate(args) -> int:
 # -- vary -------------------------------------------------------------------------------------------
 def _add_vary(subparsers):
     p = subparsers.add_parser(
-        "vary", help="keep an image's first tokens (its coarse structure) and regrow the detail under a class",
+        "vary",
+        help="keep an image's first tokens (its coarse structure) and regrow the detail under a class",
         description="Variations (the image's own class), class transfer (another class) or detail completion "
         "(a small input: by default the tokens its resolution shows are kept).",
     )
     p.add_argument("--model", help="pipeline folder or Hub repo id (default: the embedded model)")
     p.add_argument("--image", required=True, help="an image file (resized and centre-cropped to the model's size)")
-    p.add_argument("--keep-tokens", type=flags.non_negative_int,
-                   help="tokens of the image to keep: 0 or a trained prefix length (default: what the image's resolution shows)")
-    p.add_argument("--class", dest="classes", action="append", required=True, metavar="NAME_OR_ID",
-                   help="class to regrow the detail under (repeatable)")
+    p.add_argument(
+        "--keep-tokens",
+        type=flags.non_negative_int,
+        help="tokens of the image to keep: 0 or a trained prefix length (default: what the image's resolution shows)",
+    )
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        required=True,
+        metavar="NAME_OR_ID",
+        help="class to regrow the detail under (repeatable)",
+    )
     p.add_argument("--num-images", type=flags.positive_int, default=4, help="variations per class")
     p.add_argument("--seed", type=flags.seed, default=0, help="variation i uses seed + i")
     add_sampling_args(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", required=True, help="FILE.png: the kept coarse image first, then the variations")
     p.add_argument("--progressive", action="store_true", help="also save the coarse-to-fine strip of every variation")
-    p.add_argument("--display-size", type=flags.int_range(1, 4096, "a size in pixels"),
-                   help="enlarge grid cells and strip frames to N px (nearest), for small models")
+    p.add_argument(
+        "--display-size",
+        type=flags.int_range(1, 4096, "a size in pixels"),
+        help="enlarge grid cells and strip frames to N px (nearest), for small models",
+    )
     p.set_defaults(func=_vary)
 
 
@@ -200,7 +238,9 @@ def _vary(args) -> int:
     class_ids = pipe.get_label_ids(args.classes)
     count = len(class_ids) * args.num_images
     if args.seed + count - 1 > flags.MAX_SEED:
-        raise UsageError(f"--seed {args.seed}: the {count} images use seeds up to {args.seed + count - 1}, above {flags.MAX_SEED}.")
+        raise UsageError(
+            f"--seed {args.seed}: the {count} images use seeds up to {args.seed + count - 1}, above {flags.MAX_SEED}."
+        )
     prefix = pipe.encode_prefix(image, args.keep_tokens)
     kept = prefix.shape[1]
     pipe.check_inputs(class_ids, None, args.num_images, None, "pil", None, **sampling_arguments(args))
@@ -239,13 +279,23 @@ def _vary(args) -> int:
 # -- convert ----------------------------------------------------------------------------------------
 def _add_convert(subparsers):
     p = subparsers.add_parser("convert", help="convert an original DetailFlow release to a pipeline folder")
-    p.add_argument("--tokenizer", required=True, help="tokenizer release folder or Hub repo id (e.g. ByteFlow-AI/DetailFlow-16)")
-    p.add_argument("--generator", required=True, help="generator release folder or Hub repo id (e.g. ByteFlow-AI/DetailFlow-16-GPT-L)")
+    p.add_argument(
+        "--tokenizer", required=True, help="tokenizer release folder or Hub repo id (e.g. ByteFlow-AI/DetailFlow-16)"
+    )
+    p.add_argument(
+        "--generator",
+        required=True,
+        help="generator release folder or Hub repo id (e.g. ByteFlow-AI/DetailFlow-16-GPT-L)",
+    )
     p.add_argument("--output", required=True, help="pipeline folder to write")
-    p.add_argument("--tokenizer-architecture", help="JSON file with the encoder/decoder shapes (default: the release's)")
+    p.add_argument(
+        "--tokenizer-architecture", help="JSON file with the encoder/decoder shapes (default: the release's)"
+    )
     p.add_argument("--tokenizer-checkpoint", help="checkpoint file name under checkpoints/ (default: newest)")
     p.add_argument("--generator-checkpoint", help="checkpoint file name under checkpoints/ (default: newest)")
-    p.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True, help="generator EMA weights (default)")
+    p.add_argument(
+        "--use-ema", action=argparse.BooleanOptionalAction, default=True, help="generator EMA weights (default)"
+    )
     p.add_argument("--with-code", action="store_true", help="also write the code, so stock diffusers can load it")
     add_sampling_args(p, default="the release's evaluation setting for its token count")
     p.set_defaults(func=_convert)
@@ -286,8 +336,8 @@ def _add_reconstruct(subparsers):
 
 
 def _reconstruct(args) -> int:
+    from .evaluation.metrics import prefix_reconstructions, psnr
     from .image_processing import center_crop_arr, image_grid, open_image, to_pil, to_tensor
-    from .metrics import prefix_reconstructions, psnr
 
     pipe = _load_pipeline(args.model, args.device)
     path = Path(args.image)
@@ -336,7 +386,8 @@ def _add_eval_generation(subparsers):
     from .evaluation.arguments import add_generation_eval_args
 
     p = subparsers.add_parser(
-        "eval-generation", help="class-balanced sample set (any number of processes) and its FID/IS/precision/recall",
+        "eval-generation",
+        help="class-balanced sample set (any number of processes) and its FID/IS/precision/recall",
         description="Same as examples/eval_generation.py; run under `accelerate launch` for several processes.",
     )
     add_generation_eval_args(p)
@@ -356,7 +407,8 @@ def _add_eval_tokenizer(subparsers):
     from .evaluation.arguments import add_tokenizer_eval_args
 
     p = subparsers.add_parser(
-        "eval-tokenizer", help="PSNR, SSIM and rFID of the tokenizer per detail level",
+        "eval-tokenizer",
+        help="PSNR, SSIM and rFID of the tokenizer per detail level",
         description="Same as examples/eval_tokenizer.py.",
     )
     add_tokenizer_eval_args(p)
@@ -373,7 +425,15 @@ def _eval_tokenizer(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detailflow-hf", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_vary, _add_convert, _add_reconstruct, _add_card, _add_eval_generation, _add_eval_tokenizer):
+    for add in (
+        _add_generate,
+        _add_vary,
+        _add_convert,
+        _add_reconstruct,
+        _add_card,
+        _add_eval_generation,
+        _add_eval_tokenizer,
+    ):
         add(subparsers)
     return parser
 

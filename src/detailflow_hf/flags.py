@@ -39,7 +39,9 @@ def float_range(low: float, high: float = math.inf, low_open: bool = False, what
         if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
             left = "(" if low_open else "["
             right = "]" if math.isfinite(high) else ")"
-            raise argparse.ArgumentTypeError(f"{text} is out of range; expected a finite {what} in {left}{low}, {high}{right}")
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range; expected a finite {what} in {left}{low}, {high}{right}"
+            )
         return value
 
     parse.__name__ = what

@@ -53,7 +53,9 @@ out.intermediates[3][0].save("coarse.png")  # a coarse prefix, at its own low re
 ```"""
     if not remote_code:
         return usage
-    return usage + f"""
+    return (
+        usage
+        + f"""
 
 Without this package (the repo carries its own code):
 
@@ -61,6 +63,7 @@ Without this package (the repo carries its own code):
 from diffusers import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained({source}, trust_remote_code=True)
 ```"""
+    )
 
 
 def _example_labels(pipe) -> str:
@@ -98,11 +101,13 @@ def pipeline_card(
     load_from: str | None = None,
     remote_code: bool = True,
 ) -> ModelCard:
-    """A model card for a `DetailFlowPipeline` folder: metadata, architecture, usage, optional sample grid and results.
+    """A model card for a `DetailFlowPipeline` folder: metadata, architecture, usage, optional sample
+    grid and results.
 
     The usage example names two of the model's own classes (ImageNet's when it has no `id2label`)
-    at the guidance of the generator's `generation_config`; `load_from` is the Python expression it loads from (default: the quoted
-    `repo_id`); `remote_code` adds the stock-diffusers snippet, for folders saved with their code.
+    at the guidance of the generator's `generation_config`; `load_from` is the Python expression it
+    loads from (default: the quoted `repo_id`); `remote_code` adds the stock-diffusers snippet, for
+    folders saved with their code.
     """
     vq, gpt = pipe.vqvae.config, pipe.transformer.config
     sampling = pipe.sampling_params()
@@ -117,7 +122,8 @@ def pipeline_card(
     )
     steps = len(pipe.vqvae.schedule.token_list)
     lines = [
-        description or f"A [DetailFlow]({PAPER}) class-conditional image generator in the diffusers/transformers format.",
+        description
+        or f"A [DetailFlow]({PAPER}) class-conditional image generator in the diffusers/transformers format.",
         "",
         "DetailFlow orders an image's tokens from global structure to fine detail: the first *k* tokens decode to a "
         "low-resolution image and more tokens add detail.",
@@ -125,9 +131,11 @@ def pipeline_card(
         "| | |",
         "|---|---|",
         f"| image size | {vq.image_size} px |",
-        f"| tokens per image | {vq.num_latent_tokens} ({steps} decoding steps: {pipe.vqvae.schedule.causal_num} one by one, then groups of {vq.group_size}) |",
+        f"| tokens per image | {vq.num_latent_tokens} ({steps} decoding steps: "
+        f"{pipe.vqvae.schedule.causal_num} one by one, then groups of {vq.group_size}) |",
         f"| codebook | {vq.codebook_size} x {vq.codebook_embed_dim} |",
-        f"| generator | {gpt.num_hidden_layers} layers, width {gpt.hidden_size}, {gpt.num_attention_heads} heads, {gpt.num_classes} classes |",
+        f"| generator | {gpt.num_hidden_layers} layers, width {gpt.hidden_size}, "
+        f"{gpt.num_attention_heads} heads, {gpt.num_classes} classes |",
         f"| sampling defaults (`generation_config.json`) | {_sampling_summary(sampling)} |",
         "",
         "## How to use",
@@ -137,12 +145,21 @@ def pipeline_card(
     if sample_grid:
         lines += ["", "## Samples", "", f"![samples]({sample_grid})"]
     if results:
-        lines += ["", "## Results", "", "| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in results.items()]
-    lines += ["", "## Citation", "", f"DetailFlow: 1D Coarse-to-Fine Autoregressive Image Generation via Next-Detail Prediction, {PAPER}"]
+        lines += ["", "## Results", "", "| metric | value |", "|---|---|"] + [
+            f"| {k} | {v} |" for k, v in results.items()
+        ]
+    lines += [
+        "",
+        "## Citation",
+        "",
+        f"DetailFlow: 1D Coarse-to-Fine Autoregressive Image Generation via Next-Detail Prediction, {PAPER}",
+    ]
     return _card(data, repo_id.split("/")[-1], "\n".join(lines))
 
 
-def tokenizer_card(model, repo_id: str = "your-name/detailflow-tokenizer", *, license: str = "apache-2.0") -> ModelCard:
+def tokenizer_card(
+    model, repo_id: str = "your-name/detailflow-tokenizer", *, license: str = "apache-2.0"
+) -> ModelCard:
     """A model card for a `DetailFlowTokenizer` folder."""
     data = ModelCardData(library_name="diffusers", license=license, tags=TAGS + ["image-tokenization"])
     body = f"""The [DetailFlow]({PAPER}) 1D coarse-to-fine image tokenizer: {model.config.num_latent_tokens} tokens per
@@ -159,7 +176,9 @@ low = vq.decode(enc.token_ids, num_tokens=16).sample
     return _card(data, repo_id.split("/")[-1], body)
 
 
-def generator_card(model, repo_id: str = "your-name/detailflow-generator", *, license: str = "apache-2.0") -> ModelCard:
+def generator_card(
+    model, repo_id: str = "your-name/detailflow-generator", *, license: str = "apache-2.0"
+) -> ModelCard:
     """A model card for a `DetailFlowForImageGeneration` folder."""
     data = ModelCardData(library_name="transformers", license=license, tags=TAGS)
     body = f"""The [DetailFlow]({PAPER}) class-conditional generator ({model.config.num_hidden_layers} layers, width
@@ -170,7 +189,7 @@ def generator_card(model, repo_id: str = "your-name/detailflow-generator", *, li
 from detailflow_hf import DetailFlowForImageGeneration
 
 gpt = DetailFlowForImageGeneration.from_pretrained("{repo_id}")
-ids = gpt.generate([207])  # (1, {model.config.num_tokens}) token ids; guidance {model.sampling_params().guidance_scale} by default
+ids = gpt.generate([207])  # (1, {model.config.num_tokens}) ids, guidance {model.sampling_params().guidance_scale}
 ```"""
     return _card(data, repo_id.split("/")[-1], body)
 
@@ -209,7 +228,9 @@ def save_with_code(pipe, folder: str | Path, card: ModelCard | None = None) -> P
 def _upload(folder: Path, repo_id: str, api, private: bool | None, commit_message: str, create_pr: bool):
     api = api or HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, create_pr=create_pr)
+    return api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, create_pr=create_pr
+    )
 
 
 def push_pipeline(
@@ -252,4 +273,3 @@ def push_model(
         model.save_pretrained(tmp)
         card.save(Path(tmp) / "README.md")
         return _upload(Path(tmp), repo_id, api, private, commit_message, create_pr)
-

@@ -205,7 +205,9 @@ class DetailFlowImageProcessor:
             raise ValueError("image contains NaN or infinite values; expected values in [0, 1].")
         low, high = tensor.min().item(), tensor.max().item()
         if low < 0 or high > 1:
-            raise ValueError(f"image values span [{low:.3g}, {high:.3g}]; expected [0, 1] (divide uint8 pixels by 255).")
+            raise ValueError(
+                f"image values span [{low:.3g}, {high:.3g}]; expected [0, 1] (divide uint8 pixels by 255)."
+            )
         return to_pil(tensor)
 
     def preprocess(self, image) -> tuple[torch.Tensor, list[int]]:
@@ -213,7 +215,9 @@ class DetailFlowImageProcessor:
         images = self.as_pil_list(image)
         for i, im in enumerate(images):
             if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
-                raise ValueError(f"image {i} is {im.size[0]} x {im.size[1]} px, more than {MAX_IMAGE_PIXELS:,} pixels.")
+                raise ValueError(
+                    f"image {i} is {im.size[0]} x {im.size[1]} px, more than {MAX_IMAGE_PIXELS:,} pixels."
+                )
         pixels = torch.stack([to_tensor(center_crop_arr(im, self.size)) for im in images])
         return pixels, [min(im.size) for im in images]
 

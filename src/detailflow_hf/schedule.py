@@ -1,4 +1,4 @@
-"""Token count <-> resolution schedule of DetailFlow (pure Python, no torch).
+"""Token count <-> resolution schedule of DetailFlow (pure Python, no torch; docs/algorithm.md §1).
 
 A prefix of ``t`` tokens decodes to an image whose side grows with ``t`` along a power law
 (``ResolutionDegradation`` of the original release). Both models and the pipeline ask this module;
@@ -78,11 +78,13 @@ class ResolutionSchedule:
         check_group_layout(self.num_tokens, self.group_size, self.causal_num)
         if self.encoder_patch_size > self.decoder_patch_size:
             raise ValueError(
-                f"encoder_patch_size ({self.encoder_patch_size}) must be <= decoder_patch_size ({self.decoder_patch_size})."
+                f"encoder_patch_size ({self.encoder_patch_size}) must be <= decoder_patch_size "
+                f"({self.decoder_patch_size})."
             )
         if self.max_image_size % self.decoder_patch_size != 0:
             raise ValueError(
-                f"max_image_size ({self.max_image_size}) must be a multiple of decoder_patch_size ({self.decoder_patch_size})."
+                f"max_image_size ({self.max_image_size}) must be a multiple of decoder_patch_size "
+                f"({self.decoder_patch_size})."
             )
         object.__setattr__(self, "token_list", prefix_lengths(self.num_tokens, self.group_size, self.causal_num))
 
@@ -116,7 +118,9 @@ class ResolutionSchedule:
 
     def _check_count(self, num_tokens: int):
         if not 1 <= num_tokens <= self.num_tokens:
-            raise ValueError(f"num_tokens={num_tokens} is out of range; expected 1 <= num_tokens <= {self.num_tokens}.")
+            raise ValueError(
+                f"num_tokens={num_tokens} is out of range; expected 1 <= num_tokens <= {self.num_tokens}."
+            )
 
     # -- tables -----------------------------------------------------------------------------------
     @property

@@ -58,7 +58,9 @@ def resolve_source(source: str | os.PathLike, revision: str | None = None) -> Pa
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(str(source), revision=revision, allow_patterns=["*.json", "*.yaml", "checkpoints/*"]))
+        return Path(
+            snapshot_download(str(source), revision=revision, allow_patterns=["*.json", "*.yaml", "checkpoints/*"])
+        )
     except Exception as error:  # hub errors are many; report the source either way
         raise ConversionError(f"cannot find {source!r} locally or download it from the Hub: {error}") from error
 
@@ -143,9 +145,13 @@ def tokenizer_config(root: Path, state: dict, ckpt: Path, architecture: dict | N
     group_size = extra.get("group_size", _require(config, "group_size", json_path))
     image_size = extra.get("max_image_size", config.get("image_size"))
     if image_size is None:
-        raise ConversionError(f"missing config key 'max_image_size' in {root / 'config.yaml'} (or 'image_size' in {json_path}).")
+        raise ConversionError(
+            f"missing config key 'max_image_size' in {root / 'config.yaml'} (or 'image_size' in {json_path})."
+        )
     if extra and extra.get("content_degradation", "resolution_power") != "resolution_power":
-        raise ConversionError(f"content_degradation={extra['content_degradation']!r} is not supported; expected 'resolution_power'.")
+        raise ConversionError(
+            f"content_degradation={extra['content_degradation']!r} is not supported; expected 'resolution_power'."
+        )
     for key in ("causal_encoder", "causal_decoder"):
         expected = key == "causal_encoder"
         if config.get(key, expected) != expected:
@@ -162,7 +168,9 @@ def tokenizer_config(root: Path, state: dict, ckpt: Path, architecture: dict | N
     for side in ("encoder", "decoder"):
         _shapes_from_tensors(vision[side], state, side, ckpt, derived=not architecture)
     if vision["encoder"]["hidden_size"] != enc_dim:
-        raise ConversionError(f"encoder width {vision['encoder']['hidden_size']} does not match the checkpoint ({enc_dim}).")
+        raise ConversionError(
+            f"encoder width {vision['encoder']['hidden_size']} does not match the checkpoint ({enc_dim})."
+        )
     return {
         "image_size": int(image_size),
         "num_latent_tokens": int(num_tokens),
@@ -191,7 +199,10 @@ def builder_vision_spec(config: dict, side: str, where: Path) -> dict:
     short = side[:3]
     model, pretrained = _require(config, f"{side}_model", where), _require(config, f"{short}_pretrained", where)
     if model not in BUILDER_LAYERS:
-        raise ConversionError(f"{side}_model={model!r} in {where} is not one the original builds; expected one of {sorted(BUILDER_LAYERS)}.")
+        raise ConversionError(
+            f"{side}_model={model!r} in {where} is not one the original builds; expected one of "
+            f"{sorted(BUILDER_LAYERS)}."
+        )
     if not isinstance(pretrained, bool):
         raise ConversionError(f"{short}_pretrained={pretrained!r} in {where} must be true or false.")
     if not pretrained and model != "siglip2_base":
@@ -265,16 +276,25 @@ def generator_config(root: Path, state: dict, ckpt: Path) -> DetailFlowARConfig:
     intermediate = _tensor(state, "layers.0.feed_forward.w1.weight", ckpt).shape[0]
     n_layer = len({int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))})
     if _require(config, "cls_token_num", json_path) != 1:
-        raise ConversionError(f"cls_token_num={config['cls_token_num']} is not supported; expected 1 (class-conditional).")
+        raise ConversionError(
+            f"cls_token_num={config['cls_token_num']} is not supported; expected 1 (class-conditional)."
+        )
     if _require(config, "group_size", json_path) != group_size:
-        raise ConversionError(f"config.json group_size={config['group_size']} but the checkpoint has {group_size - 1} special tokens.")
+        raise ConversionError(
+            f"config.json group_size={config['group_size']} but the checkpoint has {group_size - 1} special tokens."
+        )
 
     preset = GPT_PRESETS.get(extra.get("gpt_model"))
     n_head = config.get("n_head")
     if preset is not None and preset[:2] != (dim, n_layer):
         logger.warning(
-            "config.yaml names %s (dim %d, %d layers) but the checkpoint has dim %d and %d layers; using the checkpoint.",
-            extra["gpt_model"], preset[0], preset[1], dim, n_layer,
+            "config.yaml names %s (dim %d, %d layers) but the checkpoint has dim %d and %d layers; "
+            "using the checkpoint.",
+            extra["gpt_model"],
+            preset[0],
+            preset[1],
+            dim,
+            n_layer,
         )
     elif n_head is None and preset is not None:
         n_head = preset[2]
@@ -310,7 +330,9 @@ def interleaved_to_half_rotary(weight: torch.Tensor, num_heads: int, head_dim: i
     return weight.reshape(num_heads, head_dim, -1)[:, order].reshape(num_heads * head_dim, -1)
 
 
-def convert_generator_state_dict(state: dict[str, torch.Tensor], config: DetailFlowARConfig) -> dict[str, torch.Tensor]:
+def convert_generator_state_dict(
+    state: dict[str, torch.Tensor], config: DetailFlowARConfig
+) -> dict[str, torch.Tensor]:
     """Rename original GPT keys to ours: split `wqkv`, permute q/k for rotate_half, Llama names."""
     hd, heads, kv_heads = config.head_dim, config.num_attention_heads, config.num_key_value_heads
     renames = {
@@ -386,7 +408,11 @@ def _load_strict(model: torch.nn.Module, state: dict, ckpt: Path):
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in expected if k in state and state[k].shape != expected[k].shape]
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
     if missing or unexpected or wrong:
         raise ConversionError(
             f"checkpoint {ckpt} does not fit {type(model).__name__}: missing {missing[:5]}, "

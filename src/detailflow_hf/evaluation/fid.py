@@ -24,7 +24,7 @@ class FeatureStatistics:
     count: int
 
     @classmethod
-    def from_features(cls, features: np.ndarray | torch.Tensor) -> "FeatureStatistics":
+    def from_features(cls, features: np.ndarray | torch.Tensor) -> FeatureStatistics:
         """Statistics of `(N, D)` features (unbiased covariance, as numpy's `cov(rowvar=False)`)."""
         accumulator = StatisticsAccumulator()
         accumulator.update(torch.as_tensor(np.asarray(features)))
@@ -110,14 +110,21 @@ def _fraction_inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.T
     return torch.cat(inside).float().mean().item()
 
 
-def precision_recall(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, k: int = 3,
-                     chunk: int = 1024, device: str | torch.device = "cpu") -> tuple[float, float]:
+def precision_recall(
+    real: np.ndarray | torch.Tensor,
+    fake: np.ndarray | torch.Tensor,
+    k: int = 3,
+    chunk: int = 1024,
+    device: str | torch.device = "cpu",
+) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) of `(N, D)` / `(M, D)` features:
     precision = share of fake samples inside some real sample's k-NN ball, recall the reverse."""
     real = torch.as_tensor(np.asarray(real), dtype=torch.float32, device=device)
     fake = torch.as_tensor(np.asarray(fake), dtype=torch.float32, device=device)
     if min(real.shape[0], fake.shape[0]) <= k:
-        raise ValueError(f"precision/recall with k={k} need more than {k} samples per set, got {real.shape[0]} and {fake.shape[0]}.")
+        raise ValueError(
+            f"precision/recall with k={k} need more than {k} samples per set, got {real.shape[0]} and {fake.shape[0]}."
+        )
     precision = _fraction_inside(fake, real, _kth_neighbour_radii(real, k, chunk), chunk)
     recall = _fraction_inside(real, fake, _kth_neighbour_radii(fake, k, chunk), chunk)
     return precision, recall
@@ -239,8 +246,12 @@ def load_feature_extractor(spec: str | None = None, weights_path: str | None = N
 
 
 @torch.no_grad()
-def extract_features(extractor: FeatureExtractor, images: np.ndarray | Iterable[np.ndarray], batch_size: int = 100,
-                     device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+def extract_features(
+    extractor: FeatureExtractor,
+    images: np.ndarray | Iterable[np.ndarray],
+    batch_size: int = 100,
+    device: str | torch.device = "cpu",
+) -> dict[str, np.ndarray]:
     """Run `extractor` over `(N, H, W, 3)` uint8 images, or an iterable of such chunks (read one at
     a time), in batches; returns each output concatenated, e.g. `{"pool": (N, D) float64, "logits": (N, C)}`."""
     outputs: dict[str, list[np.ndarray]] = {}
@@ -252,5 +263,3 @@ def extract_features(extractor: FeatureExtractor, images: np.ndarray | Iterable[
     if not outputs:
         raise ValueError("no images to extract features from.")
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
-
-

@@ -86,12 +86,20 @@ def _check_manifest(folder: Path, config: SamplingConfig):
         found = json.loads(manifest.read_text())
         if found != wanted:
             changed = sorted(k for k in wanted if found.get(k) != wanted[k])
-            raise ValueError(f"{folder} holds samples made with other settings ({changed}); use another output folder.")
+            raise ValueError(
+                f"{folder} holds samples made with other settings ({changed}); use another output folder."
+            )
     return manifest, wanted
 
 
-def generate_batches(pipe, config: SamplingConfig, folder: str | os.PathLike, process_index: int = 0,
-                     num_processes: int = 1, compile: bool = False) -> list[Path]:
+def generate_batches(
+    pipe,
+    config: SamplingConfig,
+    folder: str | os.PathLike,
+    process_index: int = 0,
+    num_processes: int = 1,
+    compile: bool = False,
+) -> list[Path]:
     """Make this process's share of the sample set, one `folder/batches/<b>.npz` per batch; batches
     already on disk (an interrupted run) are kept. Returns the files this process wrote or found."""
     folder = Path(folder)
@@ -106,8 +114,12 @@ def generate_batches(pipe, config: SamplingConfig, folder: str | os.PathLike, pr
             device = pipe.transformer.device
             generators = [torch.Generator(device).manual_seed(int(seeds[i])) for i in index]
             images = pipe(
-                class_labels=labels[index].tolist(), num_tokens=config.num_tokens, generator=generators,
-                output_type="pt", compile=compile, **{name: getattr(config, name) for name in SAMPLING_ARGUMENTS},
+                class_labels=labels[index].tolist(),
+                num_tokens=config.num_tokens,
+                generator=generators,
+                output_type="pt",
+                compile=compile,
+                **{name: getattr(config, name) for name in SAMPLING_ARGUMENTS},
             ).images
             tmp = path.with_suffix(".tmp.npz")
             save_samples_npz(tmp, to_uint8(images), labels[index])
@@ -116,17 +128,24 @@ def generate_batches(pipe, config: SamplingConfig, folder: str | os.PathLike, pr
     return written
 
 
-def assemble_samples(folder: str | os.PathLike, config: SamplingConfig, output: str | os.PathLike | None = None) -> Path:
+def assemble_samples(
+    folder: str | os.PathLike, config: SamplingConfig, output: str | os.PathLike | None = None
+) -> Path:
     """Concatenate `folder/batches/*.npz` in index order into one ADM `.npz` (default
     `folder/samples.npz`), streaming through a memory-mapped array (50k x 256^2 x 3 = 9.8 GB)."""
     folder = Path(folder)
     ranges = batch_ranges(config.num_samples, config.batch_size)
     missing = [b for b in range(len(ranges)) if not (folder / "batches" / f"{b:06d}.npz").is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(ranges)} sample batches are missing in {folder / 'batches'} (first: {missing[0]}).")
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(ranges)} sample batches are missing in {folder / 'batches'} (first: "
+            f"{missing[0]})."
+        )
     first = load_npz(folder / "batches" / "000000.npz").images
     staging = folder / "samples.staging.npy"
-    images = np.lib.format.open_memmap(staging, mode="w+", dtype=np.uint8, shape=(config.num_samples, *first.shape[1:]))
+    images = np.lib.format.open_memmap(
+        staging, mode="w+", dtype=np.uint8, shape=(config.num_samples, *first.shape[1:])
+    )
     labels = np.empty(config.num_samples, dtype=np.int64)
     for b, index in enumerate(ranges):
         batch = load_npz(folder / "batches" / f"{b:06d}.npz")
@@ -143,7 +162,9 @@ def iter_sample_batches(folder: str | os.PathLike, config: SamplingConfig) -> It
         yield load_npz(Path(folder) / "batches" / f"{b:06d}.npz").images
 
 
-def generate_samples(pipe, config: SamplingConfig, folder: str | os.PathLike, accelerator=None, compile: bool = False) -> Path | None:
+def generate_samples(
+    pipe, config: SamplingConfig, folder: str | os.PathLike, accelerator=None, compile: bool = False
+) -> Path | None:
     """The whole protocol across the processes of `accelerator` (or one process without it): each
     makes its batches; the main process assembles `folder/samples.npz` and returns its path (other
     processes return None). The result does not depend on the number of processes."""
@@ -175,7 +196,9 @@ class GenerationMetrics:
     recall: float | None = None
 
 
-def reference_statistics(reference: ReferenceBatch, real_pool: np.ndarray | None, recompute: bool = False) -> FeatureStatistics:
+def reference_statistics(
+    reference: ReferenceBatch, real_pool: np.ndarray | None, recompute: bool = False
+) -> FeatureStatistics:
     """The reference's stored `mu`/`sigma` (ADM's, from the TF graph) unless `recompute` or absent,
     else the statistics of its images' features `real_pool` `(N, D)`."""
     if reference.statistics is not None and not recompute:
@@ -185,9 +208,16 @@ def reference_statistics(reference: ReferenceBatch, real_pool: np.ndarray | None
     return FeatureStatistics.from_features(real_pool)
 
 
-def evaluate_samples(samples: np.ndarray | Iterable[np.ndarray], reference: ReferenceBatch, extractor: FeatureExtractor,
-                     batch_size: int = 100, device: str | torch.device = "cpu", recompute_reference: bool = False,
-                     is_splits: int = 10, with_precision_recall: bool = True) -> GenerationMetrics:
+def evaluate_samples(
+    samples: np.ndarray | Iterable[np.ndarray],
+    reference: ReferenceBatch,
+    extractor: FeatureExtractor,
+    batch_size: int = 100,
+    device: str | torch.device = "cpu",
+    recompute_reference: bool = False,
+    is_splits: int = 10,
+    with_precision_recall: bool = True,
+) -> GenerationMetrics:
     """Metrics of `(N, H, W, 3)` uint8 samples (or an iterable of chunks) against an ADM reference batch."""
     extractor = as_feature_extractor(extractor).to(device).eval()
     fake = extract_features(extractor, samples, batch_size, device)
@@ -197,7 +227,9 @@ def evaluate_samples(samples: np.ndarray | Iterable[np.ndarray], reference: Refe
         real_pool = extract_features(extractor, reference.images, batch_size, device)["pool"]
     reference_stats = reference_statistics(reference, real_pool, recompute_reference)
     count = len(fake["pool"])
-    metrics = GenerationMetrics(count, frechet_distance(FeatureStatistics.from_features(fake["pool"]), reference_stats))
+    metrics = GenerationMetrics(
+        count, frechet_distance(FeatureStatistics.from_features(fake["pool"]), reference_stats)
+    )
     if "logits" in fake:
         metrics.inception_score, metrics.inception_score_std = inception_score(fake["logits"], min(is_splits, count))
     if with_precision_recall and real_pool is not None:
@@ -205,9 +237,18 @@ def evaluate_samples(samples: np.ndarray | Iterable[np.ndarray], reference: Refe
     return metrics
 
 
-def evaluate_generation(pipe, config: SamplingConfig, folder: str | os.PathLike, *, accelerator=None,
-                        reference: str | os.PathLike | None = None, extractor: nn.Module | None = None,
-                        batch_size: int = 100, recompute_reference: bool = False, compile: bool = False) -> dict | None:
+def evaluate_generation(
+    pipe,
+    config: SamplingConfig,
+    folder: str | os.PathLike,
+    *,
+    accelerator=None,
+    reference: str | os.PathLike | None = None,
+    extractor: nn.Module | None = None,
+    batch_size: int = 100,
+    recompute_reference: bool = False,
+    compile: bool = False,
+) -> dict | None:
     """Generate the sample set (all processes), then on the main process score it against the
     `reference` `.npz` (if given) with `extractor` (default: torch-fidelity's Inception) and write
     `folder/metrics.json`. Returns that report on the main
@@ -219,10 +260,14 @@ def evaluate_generation(pipe, config: SamplingConfig, folder: str | os.PathLike,
     if reference is not None:
         extractor = extractor if extractor is not None else InceptionFeatureExtractor()
         device = accelerator.device if accelerator is not None else pipe.transformer.device
-        metrics = evaluate_samples(iter_sample_batches(folder, config), load_npz(reference), extractor, batch_size,
-                                   device, recompute_reference)
+        metrics = evaluate_samples(
+            iter_sample_batches(folder, config),
+            load_npz(reference),
+            extractor,
+            batch_size,
+            device,
+            recompute_reference,
+        )
         report.update(reference=str(reference), metrics=asdict(metrics))
     (Path(folder) / "metrics.json").write_text(json.dumps(report, indent=1))
     return report
-
-

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..metrics import prefix_reconstructions, psnr, ssim
-from .fid import FeatureExtractor, StatisticsAccumulator, frechet_distance
 from ..image_processing import center_crop_arr, open_image, to_tensor, to_uint8
+from .fid import FeatureExtractor, StatisticsAccumulator, frechet_distance
+from .metrics import prefix_reconstructions, psnr, ssim
 
 
 @dataclass
@@ -43,8 +43,12 @@ def pool_features(extractor: FeatureExtractor, images: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def evaluate_reconstruction(vqvae, batches: Iterable[torch.Tensor], prefixes: list[int] | None = None,
-                            extractor: FeatureExtractor | None = None) -> list[LevelMetrics]:
+def evaluate_reconstruction(
+    vqvae,
+    batches: Iterable[torch.Tensor],
+    prefixes: list[int] | None = None,
+    extractor: FeatureExtractor | None = None,
+) -> list[LevelMetrics]:
     """Mean PSNR/SSIM (and rFID with `extractor`) of every prefix length over `(batch, 3, H, W)`
     image batches in [-1, 1] on the tokenizer's device. rFID compares the statistics of the
     reconstructions with those of the inputs (the ImageNet-val protocol uses all 50 000 images)."""
@@ -64,23 +68,26 @@ def evaluate_reconstruction(vqvae, batches: Iterable[torch.Tensor], prefixes: li
     real_stats = real.compute() if real is not None else None
     return [
         LevelMetrics(
-            k, acc.psnr / acc.count, acc.ssim / acc.count,
+            k,
+            acc.psnr / acc.count,
+            acc.ssim / acc.count,
             frechet_distance(acc.features.compute(), real_stats) if real_stats is not None else None,
         )
         for k, acc in levels.items()
     ]
 
 
-def image_batches(rows: Iterable[dict], image_size: int, batch_size: int, limit: int | None = None) -> Iterator[torch.Tensor]:
+def image_batches(
+    rows: Iterable[dict], image_size: int, batch_size: int, limit: int | None = None
+) -> Iterator[torch.Tensor]:
     """Dataset rows with an `image` (undecoded or PIL) -> `(batch, 3, S, S)` in [-1, 1] batches,
     each image centre-cropped as ADM (`center_crop_arr`); stops after `limit` images."""
 
-    batch, seen = [], 0
-    for row in rows:
+    batch = []
+    for seen, row in enumerate(rows):
         if limit is not None and seen >= limit:
             break
         batch.append(to_tensor(center_crop_arr(open_image(row["image"]), image_size)))
-        seen += 1
         if len(batch) == batch_size:
             yield torch.stack(batch)
             batch = []

@@ -84,7 +84,8 @@ class DetailFlowARConfig(PreTrainedConfig):
         check_group_layout(self.num_tokens, self.group_size, self.causal_num)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads ({self.num_attention_heads})."
+                f"hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads "
+                f"({self.num_attention_heads})."
             )
         if self.head_dim % 4:
             raise ValueError(f"head_dim ({self.head_dim}) must be a multiple of 4 for the 2D rotary embedding.")
@@ -95,8 +96,15 @@ class DetailFlowARConfig(PreTrainedConfig):
             )
 
     # Keys a saved config must carry: defaulting any of them would silently build another model.
-    shape_keys = ("vocab_size", "num_tokens", "group_size", "num_classes", "hidden_size", "num_hidden_layers",
-                  "num_attention_heads")
+    shape_keys = (
+        "vocab_size",
+        "num_tokens",
+        "group_size",
+        "num_classes",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+    )
 
     @classmethod
     def _check_shape_keys(cls, config_dict, where: str):
@@ -104,7 +112,9 @@ class DetailFlowARConfig(PreTrainedConfig):
             raise ValueError(f"{where} holds a JSON {type(config_dict).__name__}; expected an object of config keys.")
         missing = [key for key in cls.shape_keys if key not in config_dict]
         if missing:
-            raise ValueError(f"{where} lacks the key {missing[0]!r} (a {cls.model_type} config must state {list(cls.shape_keys)}).")
+            raise ValueError(
+                f"{where} lacks the key {missing[0]!r} (a {cls.model_type} config must state {list(cls.shape_keys)})."
+            )
 
     @classmethod
     def _dict_from_json_file(cls, json_file):

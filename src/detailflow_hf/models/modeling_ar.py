@@ -1,4 +1,5 @@
-"""DetailFlow generator: a LlamaGen-style class-conditional GPT with group-parallel decoding.
+"""DetailFlow generator: a LlamaGen-style class-conditional GPT with group-parallel decoding
+(docs/algorithm.md §3-§5).
 
 Sequence for class `y` and codes `x_0 .. x_{L-1}` (`c` = causal_num, `g` = group_size), built in
 one place, [`DetailFlowARModel.embed_sequence`]:
@@ -276,7 +277,11 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
 
     def _check_codes(self, input_ids: torch.LongTensor):
         n, g, c, vocab = self.config.num_tokens, self.config.group_size, self.config.causal_num, self.config.vocab_size
-        if input_ids.ndim != 2 or (input_ids.shape[1] >= c and input_ids.shape[1] + g > n + 1) or input_ids.shape[1] > n:
+        if (
+            input_ids.ndim != 2
+            or (input_ids.shape[1] >= c and input_ids.shape[1] + g > n + 1)
+            or input_ids.shape[1] > n
+        ):
             raise ValueError(
                 f"input_ids must be (batch, L) codes with L <= {n - g + 1} (num_tokens - group_size + 1), "
                 f"got shape {tuple(input_ids.shape)}."
@@ -328,10 +333,16 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             if labels.shape != logits.shape[:2]:
-                raise ValueError(f"labels of shape {tuple(labels.shape)} do not match the logits {tuple(logits.shape[:2])}.")
+                raise ValueError(
+                    f"labels of shape {tuple(labels.shape)} do not match the logits {tuple(logits.shape[:2])}."
+                )
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
     # -- generation ---------------------------------------------------------------------------------
@@ -400,8 +411,13 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
         if hasattr(self, "_hf_hook"):  # accelerate offload hooks only fire on forward(): place the model first
             self._hf_hook.pre_forward(self)
         params = self.sampling_params(
-            generation_config, guidance_scale=guidance_scale, gradual_guidance=gradual_guidance, do_sample=do_sample,
-            temperature=temperature, top_k=top_k, top_p=top_p,
+            generation_config,
+            guidance_scale=guidance_scale,
+            gradual_guidance=gradual_guidance,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
         )
         labels = self._check_labels(class_labels, allow_null=False)
         generators = _check_generators(generator, labels.shape[0])
@@ -418,7 +434,11 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
                 continue  # given by prefix_ids
             logits = stepper(codes, length - codes.shape[1])
             if use_cfg:
-                scale = params.guidance_scale if length <= c else params.guidance_for_group(length // g - 1, self.config.num_tokens // g)
+                scale = (
+                    params.guidance_scale
+                    if length <= c
+                    else params.guidance_for_group(length // g - 1, self.config.num_tokens // g)
+                )
                 logits = apply_guidance(logits, scale)
             codes = torch.cat([codes, params.sample(logits, generators)], dim=1)
             if callback is not None:
@@ -434,10 +454,16 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
         if prefix_ids is None:
             return torch.zeros(batch, 0, dtype=torch.long, device=self.device)
         lengths = [0, *self.prefix_lengths()]
-        if not isinstance(prefix_ids, torch.Tensor) or prefix_ids.ndim != 2 or torch.is_floating_point(prefix_ids) \
-                or prefix_ids.shape[0] != batch:
+        if (
+            not isinstance(prefix_ids, torch.Tensor)
+            or prefix_ids.ndim != 2
+            or torch.is_floating_point(prefix_ids)
+            or prefix_ids.shape[0] != batch
+        ):
             shape = tuple(prefix_ids.shape) if isinstance(prefix_ids, torch.Tensor) else type(prefix_ids).__name__
-            raise ValueError(f"prefix_ids must be integer ids of shape ({batch}, k), one row per class label; got {shape}.")
+            raise ValueError(
+                f"prefix_ids must be integer ids of shape ({batch}, k), one row per class label; got {shape}."
+            )
         k = prefix_ids.shape[1]
         if k not in lengths:
             raise ValueError(f"prefix_ids hold {k} tokens, not a valid prefix length; expected one of {lengths}.")
@@ -446,16 +472,22 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
         vocab = self.config.vocab_size
         if prefix_ids.numel() and (prefix_ids.min() < 0 or prefix_ids.max() >= vocab):
             raise ValueError(
-                f"prefix_ids span [{prefix_ids.min().item()}, {prefix_ids.max().item()}]; expected ids in [0, {vocab})."
+                f"prefix_ids span [{prefix_ids.min().item()}, {prefix_ids.max().item()}]; expected ids "
+                f"in [0, {vocab})."
             )
         return prefix_ids.to(self.device, torch.long)
 
     def _replace_codes(self, codes: torch.LongTensor, replaced, stepper) -> torch.LongTensor:
         """Take a callback's ids for the tokens so far; a cache that saw other ids is rebuilt."""
-        if not isinstance(replaced, torch.Tensor) or replaced.shape != codes.shape or torch.is_floating_point(replaced):
+        if (
+            not isinstance(replaced, torch.Tensor)
+            or replaced.shape != codes.shape
+            or torch.is_floating_point(replaced)
+        ):
             raise ValueError(
                 f"the callback returned {type(replaced).__name__} "
-                f"{tuple(replaced.shape) if isinstance(replaced, torch.Tensor) else ''}; expected integer ids of shape "
+                f"{tuple(replaced.shape) if isinstance(replaced, torch.Tensor) else ''}; expected "
+                "integer ids of shape "
                 f"{tuple(codes.shape)} (or None to keep the tokens)."
             )
         vocab = self.config.vocab_size
@@ -469,7 +501,9 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
 
 def _check_generators(generator, batch_size: int):
     if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
-        raise ValueError(f"got {len(generator)} generators for {batch_size} class labels; pass one per image or a single one.")
+        raise ValueError(
+            f"got {len(generator)} generators for {batch_size} class labels; pass one per image or a single one."
+        )
     return generator
 
 

@@ -1,4 +1,5 @@
-"""Sampling of the DetailFlow generator: its settings, CFG combination, guidance schedule, top-k/top-p.
+"""Sampling of the DetailFlow generator: its settings, CFG combination, guidance schedule, top-k/top-p
+(docs/algorithm.md §5).
 
 The operations follow the original `generate.py` one for one (transformers' logits warpers are
 not bit-identical to it), so that greedy and seeded sampling reproduce the release.
@@ -39,17 +40,22 @@ class SamplingParams:
     top_p: float = 1.0
 
     def __post_init__(self):
-        if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) or not (
-            1.0 <= self.guidance_scale < float("inf")
+        if (
+            isinstance(self.guidance_scale, bool)
+            or not isinstance(self.guidance_scale, (int, float))
+            or not (1.0 <= self.guidance_scale < float("inf"))
         ):
             raise ValueError(
-                f"guidance_scale={self.guidance_scale!r} is not supported; expected a finite number >= 1 (1 disables CFG)."
+                f"guidance_scale={self.guidance_scale!r} is not supported; expected a finite number >= 1 "
+                "(1 disables CFG)."
             )
         for name in ("gradual_guidance", "do_sample"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be True or False.")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not (
-            0 < self.temperature < float("inf")
+        if (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, (int, float))
+            or not (0 < self.temperature < float("inf"))
         ):
             raise ValueError(f"temperature={self.temperature!r} must be a finite number > 0.")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
@@ -99,7 +105,10 @@ class SamplingParams:
         if not self.do_sample:
             return logits.argmax(dim=-1)
         return torch.stack(
-            [sample_tokens(logits[:, k], self.temperature, self.top_k, self.top_p, generator) for k in range(logits.shape[1])],
+            [
+                sample_tokens(logits[:, k], self.temperature, self.top_k, self.top_p, generator)
+                for k in range(logits.shape[1])
+            ],
             dim=1,
         )
 

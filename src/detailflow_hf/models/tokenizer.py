@@ -1,10 +1,11 @@
-"""DetailFlow tokenizer: a SigLIP2 encoder to 1D coarse-to-fine tokens, a VQ codebook, a SigLIP2 decoder.
+"""DetailFlow tokenizer: a SigLIP2 encoder to 1D coarse-to-fine tokens, a VQ codebook, a SigLIP2 decoder
+(docs/algorithm.md §2).
 
-    image (B,3,H,W) in [-1,1]
-      -> DetailFlowEncoder: patches + N latent queries (group-causal) -> latents (B,N,D_e)
-      -> quant_conv -> DetailFlowVectorQuantizer (l2-normalised codebook) -> codes (B,N,d), ids (B,N)
-      -> post_quant_conv -> first t latents
-      -> DetailFlowDecoder: (r/p)^2 mask tokens + t latents -> pixels (B,3,r,r), r = schedule(t)
+image (B,3,H,W) in [-1,1]
+  -> DetailFlowEncoder: patches + N latent queries (group-causal) -> latents (B,N,D_e)
+  -> quant_conv -> DetailFlowVectorQuantizer (l2-normalised codebook) -> codes (B,N,d), ids (B,N)
+  -> post_quant_conv -> first t latents
+  -> DetailFlowDecoder: (r/p)^2 mask tokens + t latents -> pixels (B,3,r,r), r = schedule(t)
 """
 
 from __future__ import annotations
@@ -267,8 +268,15 @@ class DetailFlowTokenizer(ModelMixin, ConfigMixin):
         self.decoder = DetailFlowDecoder(decoder_config, num_latent_tokens)
 
     # Keys a saved config must carry: defaulting any of them would silently build another model.
-    shape_keys = ("image_size", "num_latent_tokens", "group_size", "codebook_size", "codebook_embed_dim",
-                  "encoder_config", "decoder_config")
+    shape_keys = (
+        "image_size",
+        "num_latent_tokens",
+        "group_size",
+        "codebook_size",
+        "codebook_embed_dim",
+        "encoder_config",
+        "decoder_config",
+    )
 
     @classmethod
     def _dict_from_json_file(cls, json_file):
@@ -277,7 +285,10 @@ class DetailFlowTokenizer(ModelMixin, ConfigMixin):
             raise ValueError(f"{json_file} holds a JSON {type(config).__name__}; expected an object of config keys.")
         missing = [key for key in cls.shape_keys if key not in config]
         if missing:
-            raise ValueError(f"{json_file} lacks the key {missing[0]!r} (a DetailFlowTokenizer config must state {list(cls.shape_keys)}).")
+            raise ValueError(
+                f"{json_file} lacks the key {missing[0]!r} (a DetailFlowTokenizer config must state "
+                f"{list(cls.shape_keys)})."
+            )
         return config
 
     def _check_images(self, images: torch.Tensor):
@@ -287,7 +298,8 @@ class DetailFlowTokenizer(ModelMixin, ConfigMixin):
         size = self.config.image_size
         if tuple(images.shape[2:]) != (size, size):
             raise ValueError(
-                f"pixel_values are {images.shape[2]} x {images.shape[3]} px but this tokenizer encodes {size} x {size} "
+                f"pixel_values are {images.shape[2]} x {images.shape[3]} px but this tokenizer encodes "
+                f"{size} x {size} "
                 "(its image_size); resize and center-crop them first (the pipeline and the CLI do)."
             )
         if not torch.isfinite(images).all():
@@ -350,13 +362,12 @@ class DetailFlowTokenizer(ModelMixin, ConfigMixin):
                 raise ValueError(f"token ids must be (batch, n) with 1 <= n <= {n_max}, got {tuple(tokens.shape)}.")
             if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab):
                 raise ValueError(
-                    f"token ids span [{tokens.min().item()}, {tokens.max().item()}]; the codebook has ids 0..{vocab - 1}."
+                    f"token ids span [{tokens.min().item()}, {tokens.max().item()}]; the codebook has "
+                    f"ids 0..{vocab - 1}."
                 )
             return self.quantize.lookup(tokens.long())
         if tokens.ndim != 3 or tokens.shape[-1] != dim or not 1 <= tokens.shape[1] <= n_max:
-            raise ValueError(
-                f"latents must be (batch, n, {dim}) with 1 <= n <= {n_max}, got {tuple(tokens.shape)}."
-            )
+            raise ValueError(f"latents must be (batch, n, {dim}) with 1 <= n <= {n_max}, got {tuple(tokens.shape)}.")
         return tokens
 
     def forward(self, pixel_values: torch.Tensor, num_tokens: int | None = None) -> DecoderOutput:

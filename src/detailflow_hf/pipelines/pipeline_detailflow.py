@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -48,7 +49,9 @@ def check_compatible(vqvae, transformer):
     }
     for name, (tok, gen) in pairs.items():
         if tok != gen:
-            raise ValueError(f"tokenizer/generator mismatch: {name} is {tok} in the tokenizer but {gen} in the generator.")
+            raise ValueError(
+                f"tokenizer/generator mismatch: {name} is {tok} in the tokenizer but {gen} in the generator."
+            )
 
 
 class DetailFlowPipeline(DiffusionPipeline):
@@ -120,10 +123,17 @@ class DetailFlowPipeline(DiffusionPipeline):
     def _from_code_export(cls, folder: Path, **kwargs):
         # Imported by name so that the copy of this file shipped in exported repos has no package imports.
         models = importlib.import_module("detailflow_hf.models")
-        DetailFlowTokenizer, DetailFlowForImageGeneration = models.DetailFlowTokenizer, models.DetailFlowForImageGeneration
+        DetailFlowTokenizer, DetailFlowForImageGeneration = (
+            models.DetailFlowTokenizer,
+            models.DetailFlowForImageGeneration,
+        )
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-        vqvae = kwargs.pop("vqvae", None) or DetailFlowTokenizer.from_pretrained(folder, subfolder="vqvae", dtype=dtype)
-        transformer = kwargs.pop("transformer", None) or DetailFlowForImageGeneration.from_pretrained(folder / "transformer", dtype=dtype)
+        vqvae = kwargs.pop("vqvae", None) or DetailFlowTokenizer.from_pretrained(
+            folder, subfolder="vqvae", dtype=dtype
+        )
+        transformer = kwargs.pop("transformer", None) or DetailFlowForImageGeneration.from_pretrained(
+            folder / "transformer", dtype=dtype
+        )
         id2label = json.loads((folder / "model_index.json").read_text()).get("id2label")
         return cls(vqvae=vqvae.eval(), transformer=transformer.eval(), id2label=id2label)
 
@@ -138,7 +148,7 @@ class DetailFlowPipeline(DiffusionPipeline):
         cache_dir: str | os.PathLike | None = None,
         force_conversion: bool = False,
         **kwargs,
-    ) -> "DetailFlowPipeline":
+    ) -> DetailFlowPipeline:
         """Load the original release (Hub repo ids such as `ByteFlow-AI/DetailFlow-16` and
         `ByteFlow-AI/DetailFlow-16-GPT-L`, or local release folders), converted once and cached.
 
@@ -156,20 +166,36 @@ class DetailFlowPipeline(DiffusionPipeline):
         )
         return cls.from_pretrained(folder, **kwargs)
 
-    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None, token=None,
-                    create_pr: bool = False, include_code: bool = True, api=None, **kwargs):
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token=None,
+        create_pr: bool = False,
+        include_code: bool = True,
+        api=None,
+        **kwargs,
+    ):
         """Upload to the Hub with a generated model card and, by default, the code that lets stock
         diffusers load the repo (`trust_remote_code=True`). `api`: an `HfApi`-like uploader."""
         try:
             hub = importlib.import_module("detailflow_hf.hub")
         except ImportError:  # this file as shipped inside an exported repo
-            return super().push_to_hub(repo_id, commit_message=commit_message, private=private, token=token, create_pr=create_pr, **kwargs)
+            return super().push_to_hub(
+                repo_id, commit_message=commit_message, private=private, token=token, create_pr=create_pr, **kwargs
+            )
         if api is None and token is not None:
             from huggingface_hub import HfApi
 
             api = HfApi(token=token)
         return hub.push_pipeline(
-            self, repo_id, api=api, include_code=include_code, private=private, create_pr=create_pr,
+            self,
+            repo_id,
+            api=api,
+            include_code=include_code,
+            private=private,
+            create_pr=create_pr,
             commit_message=commit_message or "Upload DetailFlow pipeline",
         )
 
@@ -193,7 +219,13 @@ class DetailFlowPipeline(DiffusionPipeline):
         return getattr(self, "_interrupt", False)
 
     def check_inputs(
-        self, class_ids, num_tokens, num_images_per_prompt, generator, output_type, callback_on_step_end_tensor_inputs,
+        self,
+        class_ids,
+        num_tokens,
+        num_images_per_prompt,
+        generator,
+        output_type,
+        callback_on_step_end_tensor_inputs,
         **sampling,
     ):
         """Raise a `ValueError` naming the first bad argument; returns the resolved sampling settings
@@ -213,7 +245,9 @@ class DetailFlowPipeline(DiffusionPipeline):
             )
         unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
         if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not in {self._callback_tensor_inputs}.")
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {unknown} are not in {self._callback_tensor_inputs}."
+            )
         return params
 
     def auto_keep_tokens(self, short_side: int) -> int:
@@ -246,7 +280,9 @@ class DetailFlowPipeline(DiffusionPipeline):
             return class_ids, prefix_ids.expand(len(class_ids), -1)
         if len(class_ids) == 1:
             return class_ids * images, prefix_ids
-        raise ValueError(f"got {images} images for {len(class_ids)} class labels; pass one of either, or as many of each.")
+        raise ValueError(
+            f"got {images} images for {len(class_ids)} class labels; pass one of either, or as many of each."
+        )
 
     @torch.no_grad()
     def __call__(
@@ -314,9 +350,18 @@ class DetailFlowPipeline(DiffusionPipeline):
         elif keep_tokens is not None:
             raise ValueError("keep_tokens needs an image to keep the tokens of.")
         params = self.check_inputs(
-            class_ids, num_tokens, num_images_per_prompt, generator, output_type, callback_on_step_end_tensor_inputs,
-            guidance_scale=guidance_scale, gradual_guidance=gradual_guidance, do_sample=do_sample,
-            temperature=temperature, top_k=top_k, top_p=top_p,
+            class_ids,
+            num_tokens,
+            num_images_per_prompt,
+            generator,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            guidance_scale=guidance_scale,
+            gradual_guidance=gradual_guidance,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
         )
         kept = 0 if prefix_ids is None else prefix_ids.shape[1]
         steps = self.prefix_lengths(num_tokens)
@@ -351,7 +396,9 @@ class DetailFlowPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images, intermediates) if return_intermediates else (images,)
-        return DetailFlowPipelineOutput(images=images, intermediates=intermediates, token_ids=token_ids, kept_tokens=kept)
+        return DetailFlowPipelineOutput(
+            images=images, intermediates=intermediates, token_ids=token_ids, kept_tokens=kept
+        )
 
     @torch.no_grad()
     def decode(self, token_ids: torch.LongTensor, output_type: str = "pil"):

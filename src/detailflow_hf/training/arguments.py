@@ -44,12 +44,18 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--output_dir", required=True, help="checkpoints, logs, samples and the final export")
     group.add_argument("--max_train_steps", type=positive_int, default=None, help="optimizer steps (default: preset)")
     group.add_argument(
-        "--stop_after_steps", type=positive_int, default=None,
+        "--stop_after_steps",
+        type=positive_int,
+        default=None,
         help="end this run (with a checkpoint) at this global step without changing the schedule; "
         "continue later with --resume_from_checkpoint latest (time-limited jobs)",
     )
-    group.add_argument("--train_batch_size", type=positive_int, default=None, help="per-process batch (default: preset)")
-    group.add_argument("--learning_rate", type=positive_float, default=None, help="peak learning rate (default: preset)")
+    group.add_argument(
+        "--train_batch_size", type=positive_int, default=None, help="per-process batch (default: preset)"
+    )
+    group.add_argument(
+        "--learning_rate", type=positive_float, default=None, help="peak learning rate (default: preset)"
+    )
     group.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     group.add_argument("--checkpointing_steps", type=positive_int, default=500, help="save a checkpoint every N steps")
     group.add_argument("--checkpoints_total_limit", type=positive_int, default=None, help="keep at most N checkpoints")
@@ -59,7 +65,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--report_to", default=default_report_to(), help="tensorboard, wandb, trackio, ..., or none")
     group.add_argument("--logging_steps", type=positive_int, default=10, help="log scalars every N steps")
     group.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
-    group.add_argument("--shuffle_buffer_size", type=positive_int, default=1000, help="rows in the (checkpointed) shuffle buffer")
+    group.add_argument(
+        "--shuffle_buffer_size", type=positive_int, default=1000, help="rows in the (checkpointed) shuffle buffer"
+    )
     group.add_argument("--push_to_hub", action="store_true", help="upload the final export")
     group.add_argument("--hub_model_id", default=None, help="repo id for --push_to_hub")
     return parser
@@ -111,7 +119,9 @@ def make_accelerator(args: argparse.Namespace):
     dispatching (each rank reads its own split), `--mixed_precision`, `--report_to` trackers with
     logs under `output_dir/logs`, and `--seed` set (offset per process for dropout and sampling)."""
     if importlib.util.find_spec("torchdata") is None:
-        raise ImportError("training needs torchdata (StatefulDataLoader, exact resume): pip install 'detailflow-hf[train]'.")
+        raise ImportError(
+            "training needs torchdata (StatefulDataLoader, exact resume): pip install 'detailflow-hf[train]'."
+        )
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
@@ -127,4 +137,11 @@ def make_accelerator(args: argparse.Namespace):
     return accelerator
 
 
-__all__ = ["add_common_args", "add_dataset_args", "check_common_args", "default_report_to", "load_preset", "make_accelerator"]
+__all__ = [
+    "add_common_args",
+    "add_dataset_args",
+    "check_common_args",
+    "default_report_to",
+    "load_preset",
+    "make_accelerator",
+]

@@ -21,6 +21,7 @@ restored. Objects are therefore never registered with `accelerator.register_for_
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -28,8 +29,6 @@ import re
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-
-import codecs
 
 import numpy as np
 import torch
@@ -70,12 +69,16 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     """The global step stored in a complete checkpoint's marker."""
     path = Path(path)
     if not is_complete(path):
-        raise ValueError(f"{str(path)!r} is not a complete checkpoint (a checkpoint-<step> folder with a {MARKER} file).")
+        raise ValueError(
+            f"{str(path)!r} is not a complete checkpoint (a checkpoint-<step> folder with a {MARKER} file)."
+        )
     return int(json.loads((path / MARKER).read_text())["step"])
 
 
 def check_total_limit(total_limit: int | None):
-    if total_limit is not None and (isinstance(total_limit, bool) or not isinstance(total_limit, int) or total_limit < 1):
+    if total_limit is not None and (
+        isinstance(total_limit, bool) or not isinstance(total_limit, int) or total_limit < 1
+    ):
         raise ValueError(f"checkpoints_total_limit={total_limit!r} must be an integer >= 1 (or None for no limit).")
 
 
@@ -205,8 +208,10 @@ def _read_states(path: Path, name: str, objects: Sequence, hint: str) -> list:
         raise ValueError(f"{str(path)!r} has no {name}: {hint}")
     states = safe_load(file)
     if not isinstance(states, list) or len(states) != len(objects):
-        raise ValueError(f"{file} holds {len(states) if isinstance(states, list) else type(states).__name__} states; "
-                         f"expected a list of {len(objects)}.")
+        raise ValueError(
+            f"{file} holds {len(states) if isinstance(states, list) else type(states).__name__} states; "
+            f"expected a list of {len(objects)}."
+        )
     return states
 
 
@@ -219,11 +224,17 @@ def load_checkpoint(accelerator, path: str | os.PathLike, per_process: Sequence 
     check_state_files(path)
     per_states = shared_states = []
     if per_process:
-        per_states = _read_states(path, process_state_file(path, accelerator.process_index).name, per_process,
-                                  "it was saved by a run with fewer processes or without per-process state; "
-                                  "resume with the same number of processes.")
+        per_states = _read_states(
+            path,
+            process_state_file(path, accelerator.process_index).name,
+            per_process,
+            "it was saved by a run with fewer processes or without per-process state; "
+            "resume with the same number of processes.",
+        )
     if shared:
-        shared_states = _read_states(path, SHARED_STATE, shared, "it was saved without the schedules/EMA this run needs.")
+        shared_states = _read_states(
+            path, SHARED_STATE, shared, "it was saved without the schedules/EMA this run needs."
+        )
     accelerator.load_state(str(path))
     for obj, state in zip([*per_process, *shared], [*per_states, *shared_states], strict=True):
         obj.load_state_dict(state)

@@ -1,4 +1,4 @@
-"""Extracted token codes as a `datasets` dataset of parquet shards (SPEC 6.2).
+"""Extracted token codes as a `datasets` dataset of parquet shards (docs/algorithm.md §6.5).
 
     codes_dir/
       codes_info.json                  tokenizer config, code shape, class names
@@ -170,7 +170,9 @@ def pick_crop(row: dict, rng: np.random.Generator) -> dict:
     }
 
 
-def build_codes_stream(codes_dir: str | os.PathLike, seed: int, accelerator=None, shuffle_buffer_size: int = 1000) -> ShuffledStream:
+def build_codes_stream(
+    codes_dir: str | os.PathLike, seed: int, accelerator=None, shuffle_buffer_size: int = 1000
+) -> ShuffledStream:
     """This process's infinite, shuffled stream of one-crop code examples (see `pick_crop`).
 
     Shards are split between processes with `split_dataset_by_node` (whole shards when their count

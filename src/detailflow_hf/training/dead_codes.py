@@ -39,7 +39,9 @@ class DeadCodeRestarter(nn.Module):
         self.usage += torch.bincount(ids.flatten(), minlength=self.usage.numel()).to(self.usage.device)
 
     @torch.no_grad()
-    def maybe_restart(self, step: int, pre_quant: torch.Tensor, embedding: nn.Embedding, optimizer, accelerator) -> int:
+    def maybe_restart(
+        self, step: int, pre_quant: torch.Tensor, embedding: nn.Embedding, optimizer, accelerator
+    ) -> int:
         """At every `every`-th 1-based `step`, re-seed the unused rows of `embedding.weight` from this
         step's pre-quantization latents `(B, T, d)` (all processes' together). Returns how many rows
         were re-seeded (0 on other steps)."""

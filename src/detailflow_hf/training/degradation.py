@@ -1,4 +1,4 @@
-"""Resolution degradation of the tokenizer training (SPEC 6.1.2).
+"""Resolution degradation of the tokenizer training (docs/algorithm.md §6.2).
 
 With probability `degradation_prob` a step trains the first `t` tokens only: the decoder rebuilds a
 degraded target (the image shrunk to `token2res[t]`, then resized to `token2dec_out_res[t]`) at

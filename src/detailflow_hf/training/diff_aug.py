@@ -1,4 +1,4 @@
-"""Differentiable augmentation (DiffAugment) for the discriminator inputs (SPEC 6.1.6).
+"""Differentiable augmentation (DiffAugment) for the discriminator inputs (docs/algorithm.md §6.3).
 
 A policy string names augmentation families, comma-separated: ``color`` (brightness, saturation,
 contrast), ``translation`` (shift up to 1/8 of the side, zero fill) and ``cutout_<ratio>`` (one

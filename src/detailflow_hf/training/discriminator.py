@@ -1,4 +1,4 @@
-"""DINO discriminator, hinge loss and LeCam regulariser of the tokenizer training (SPEC 6.1.6).
+"""DINO discriminator, hinge loss and LeCam regulariser of the tokenizer training (docs/algorithm.md §6.3).
 
     image (B,3,H,W) in [-1,1]
       -> [0,1] -> ImageNet normalisation -> 224x224 (random crop w.p. 0.5 when larger, else resize)
@@ -100,12 +100,12 @@ class DinoDiscriminator(nn.Module):
         backbone.eval()
 
     @classmethod
-    def from_config(cls, config: ViTConfig, **kwargs) -> "DinoDiscriminator":
+    def from_config(cls, config: ViTConfig, **kwargs) -> DinoDiscriminator:
         """Random backbone from a `ViTConfig` (tests, tiny preset)."""
         return cls(ViTModel(config, add_pooling_layer=False), **kwargs)
 
     @classmethod
-    def from_backbone_id(cls, model_id: str = DINO_MODEL_ID, **kwargs) -> "DinoDiscriminator":
+    def from_backbone_id(cls, model_id: str = DINO_MODEL_ID, **kwargs) -> DinoDiscriminator:
         """Pretrained backbone by Hub id or local path (downloads unless cached/offline)."""
         return cls(ViTModel.from_pretrained(model_id, add_pooling_layer=False), **kwargs)
 
@@ -194,8 +194,12 @@ def discriminator_loss(
     lecam_reg = lecam.regularizer(logits_real, logits_fake)
     hinge = hinge_d_loss(logits_real, logits_fake)
     loss = disc_weight * (lecam_weight * lecam_reg + hinge)
-    parts = {"d_hinge": hinge.detach(), "d_lecam": lecam_reg.detach(), "logits_real": logits_real.detach().mean(),
-             "logits_fake": logits_fake.detach().mean()}
+    parts = {
+        "d_hinge": hinge.detach(),
+        "d_lecam": lecam_reg.detach(),
+        "logits_real": logits_real.detach().mean(),
+        "logits_fake": logits_fake.detach().mean(),
+    }
     if consistency_weight > 0:
         strong_real = discriminator(diff_augment(real, CONSISTENCY_POLICY, 1.0))
         strong_fake = discriminator(diff_augment(fake, CONSISTENCY_POLICY, 1.0))

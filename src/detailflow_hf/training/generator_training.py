@@ -1,4 +1,4 @@
-"""Generator (AR) training as the original `train_c2i.py` (SPEC 6.3): self-correction inputs, AdamW
+"""Generator (AR) training as the original `train_c2i.py` (docs/algorithm.md §6.5): self-correction inputs, AdamW
 with decay groups, per-step warm-up + cosine `LambdaLR`, presets, and one optimizer step.
 """
 
@@ -42,8 +42,12 @@ PRESETS: dict[str, dict] = {
     # Trains on a CPU in minutes; dropouts off so a tiny dataset can be fitted.
     "tiny": {
         "model": {
-            "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "token_dropout": 0.0, "residual_dropout": 0.0, "ffn_dropout": 0.0,
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "token_dropout": 0.0,
+            "residual_dropout": 0.0,
+            "ffn_dropout": 0.0,
         },
         "learning_rate": 1e-3,
         "train_batch_size": 8,
@@ -66,7 +70,9 @@ def preset_from_dict(values: dict) -> GeneratorPreset:
     return GeneratorPreset(**values)
 
 
-def build_generator(preset: GeneratorPreset, codes_info: dict, class_names: list[str] | None) -> DetailFlowForImageGeneration:
+def build_generator(
+    preset: GeneratorPreset, codes_info: dict, class_names: list[str] | None
+) -> DetailFlowForImageGeneration:
     """A freshly initialised generator shaped by `preset.model` and the codes' tokenizer.
 
     Args:
@@ -114,7 +120,9 @@ def inputs_and_targets(
         `correction_prob` the noisy input and its label, else the clean codes for both.
     """
     if codes.ndim != 3 or codes.shape[-1] not in (1, 3):
-        raise ValueError(f"codes must be (batch, num_tokens, 3) triples or (batch, num_tokens, 1), got {tuple(codes.shape)}.")
+        raise ValueError(
+            f"codes must be (batch, num_tokens, 3) triples or (batch, num_tokens, 1), got {tuple(codes.shape)}."
+        )
     clean = codes[..., 0]
     if codes.shape[-1] == 1 or correction_prob <= 0:
         return clean[:, :-group_size], clean
@@ -135,7 +143,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def make_optimizer(model: torch.nn.Module, preset: GeneratorPreset, learning_rate: float) -> torch.optim.AdamW:
     fused = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(param_groups(model, preset.weight_decay), lr=learning_rate, betas=preset.betas, fused=fused)
+    return torch.optim.AdamW(
+        param_groups(model, preset.weight_decay), lr=learning_rate, betas=preset.betas, fused=fused
+    )
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float = 0.05):

@@ -1,4 +1,4 @@
-"""LPIPS-style perceptual loss on a VGG feature stack (SPEC 6.1.3).
+"""LPIPS-style perceptual loss on a VGG feature stack (docs/algorithm.md §6.3).
 
     x, y in [-1,1] (B,3,H,W)
       -> shift/scale (the LPIPS ScalingLayer) -> VGG stages, readout after each stage's last ReLU

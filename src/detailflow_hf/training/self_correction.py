@@ -1,4 +1,4 @@
-"""Self-correction (SPEC 6.1.4): perturb one position (or group) of the token prefix and re-encode
+"""Self-correction (docs/algorithm.md §6.4): perturb one position (or group) of the token prefix and re-encode
 the rest conditioned on the perturbed prefix, so the generator learns to continue from its own
 mistakes. Used by the tokenizer trainer (every step) and by code extraction (the triples).
 
@@ -81,7 +81,11 @@ def nearest_code_candidates(quantizer, pre_quant: torch.Tensor, top_k: int) -> t
 
 
 def noisy_encode(
-    tokenizer, pixel_values: torch.Tensor, noise_index: int | None, top_k: int = 50, generator: torch.Generator | None = None
+    tokenizer,
+    pixel_values: torch.Tensor,
+    noise_index: int | None,
+    top_k: int = 50,
+    generator: torch.Generator | None = None,
 ) -> NoisyEncoding:
     """Run the two self-correction encodes of `tokenizer` (a `DetailFlowTokenizer`) on
     `pixel_values` `(B, 3, H, W)` in [-1, 1] with noise at `noise_index` (see the module docstring).
@@ -93,9 +97,7 @@ def noisy_encode(
     clean_pre = tokenizer.quant_conv(tokenizer.encoder(pixel_values))
     clean_latents, clean_ids = tokenizer.quantize(clean_pre)
     if noise_index is None:
-        return NoisyEncoding(
-            clean_latents, clean_ids, clean_latents, clean_ids, clean_ids, None, 0, clean_pre, None
-        )
+        return NoisyEncoding(clean_latents, clean_ids, clean_latents, clean_ids, clean_ids, None, 0, clean_pre, None)
     schedule, num_tokens = tokenizer.schedule, clean_ids.shape[1]
     k = noise_index
     e = k + noise_span(k, schedule.group_size, schedule.causal_num)

@@ -1,11 +1,11 @@
-"""Losses of the tokenizer training (SPEC 6.1.3-6.1.6).
+"""Losses of the tokenizer training (docs/algorithm.md §6.3).
 
 Generator side (one scalar, every step `s`, 1-based as the original's `global_step`):
 
     MSE(target, rec)
     + min(1, s / perceptual_warmup) * perceptual_weight * LPIPS(target, rec)
     + [s >= disc_start] * disc_weight * (-mean D(DiffAug(rec)))
-    + vq + commit                      (unweighted; clean/noisy mixed as in 6.1.4)
+    + vq + commit                      (unweighted; clean/noisy mixed as in §6.4)
     + global_token_weight * (-mean cos(proj(first clean token), SigLIP2 teacher mean patch feature))
 
 Discriminator side: `discriminator.discriminator_loss` with the same `s >= disc_start` gate on its
@@ -103,7 +103,7 @@ class SigLIP2Teacher(nn.Module):
     """Frozen SigLIP2 vision tower; `forward(images)` -> unit mean patch feature `(B, D)`.
 
     Reproduces the original's `forward_features`: `post_layernorm` is applied a second time on top of
-    the tower's already normalised output (SPEC 8.17), then patch tokens are averaged. Images in
+    the tower's already normalised output (as the original does), then patch tokens are averaged. Images in
     [-1, 1] are used as they are (no SigLIP rescale), square, with a side divisible by the patch size.
     """
 
@@ -115,12 +115,12 @@ class SigLIP2Teacher(nn.Module):
         model.eval()
 
     @classmethod
-    def from_config(cls, config: Siglip2VisionConfig) -> "SigLIP2Teacher":
+    def from_config(cls, config: Siglip2VisionConfig) -> SigLIP2Teacher:
         config.vision_use_head = False
         return cls(Siglip2VisionModel(config))
 
     @classmethod
-    def from_pretrained(cls, model_id: str = SIGLIP2_TEACHER_ID) -> "SigLIP2Teacher":
+    def from_pretrained(cls, model_id: str = SIGLIP2_TEACHER_ID) -> SigLIP2Teacher:
         return cls(Siglip2VisionModel.from_pretrained(model_id, vision_use_head=False))
 
     @property

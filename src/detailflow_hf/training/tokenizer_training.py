@@ -1,12 +1,12 @@
-"""Tokenizer training: presets, optimizers, schedules and one training step (SPEC 6.1).
+"""Tokenizer training: presets, optimizers, schedules and one training step (docs/algorithm.md §6.1-6.4).
 
     images (B,3,M,M)
-      -> degrade: t tokens, target at token2dec_out_res[t]                          (6.1.2)
-      -> TokenizerTrainingModel: clean encode (+ noisy self-correction encode)       (6.1.4)
+      -> degrade: t tokens, target at token2dec_out_res[t]                          (§6.2)
+      -> TokenizerTrainingModel: clean encode (+ noisy self-correction encode)       (§6.4)
          -> decode [clean; noisy] first t tokens -> reconstructions (2B,3,r,r)
          -> codebook loss (mixed), projected first clean token
-      -> generator loss (MSE + LPIPS + GAN + VQ/commit + global token), Adam step     (6.1.3, 6.1.5)
-      -> discriminator loss (hinge + LeCam + consistency), Adam step                 (6.1.6)
+      -> generator loss (MSE + LPIPS + GAN + VQ/commit + global token), Adam step     (§6.3)
+      -> discriminator loss (hinge + LeCam + consistency), Adam step                 (§6.3)
 
 `examples/train_tokenizer.py` is the script around `train_step`.
 """
@@ -64,7 +64,7 @@ class TokenizerTrainingConfig:
         learning_rate, reference_batch_size: lr = learning_rate * global_batch / reference_batch_size.
         betas, warmup_lr, min_lr_ratio, max_grad_norm: Adam and the warm-up + cosine schedule.
         epoch_images, epochs, warmup_epochs: the schedule's length in images (an epoch = `epoch_images`).
-        degradation_prob, self_correction, noise_top_k: 6.1.2 and 6.1.4.
+        degradation_prob, self_correction, noise_top_k: docs/algorithm.md §6.2 and §6.4.
         dead_code_restart_steps: every this many steps, re-seed the codes no clean token picked since the
             last restart from the batch's encoder outputs (`DeadCodeRestarter`); 0 = never (the original).
         losses: loss weights and start steps.
@@ -101,7 +101,7 @@ class TokenizerTrainingConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TokenizerTrainingConfig":
+    def from_dict(cls, values: dict) -> TokenizerTrainingConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown or "tokenizer" not in values:
@@ -135,16 +135,43 @@ def _released(num_tokens: int) -> TokenizerTrainingConfig:
 
 
 def _tiny() -> TokenizerTrainingConfig:
-    vit = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1, num_patches=16,
-               patch_size=8, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+    vit = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        num_patches=16,
+        patch_size=8,
+        layer_norm_eps=1e-6,
+        hidden_act="gelu_pytorch_tanh",
+    )
     return TokenizerTrainingConfig(
-        tokenizer=dict(image_size=32, num_latent_tokens=16, group_size=4, codebook_size=64, codebook_embed_dim=8,
-                       encoder_config=vit, decoder_config=dict(vit)),
+        tokenizer=dict(
+            image_size=32,
+            num_latent_tokens=16,
+            group_size=4,
+            codebook_size=64,
+            codebook_embed_dim=8,
+            encoder_config=vit,
+            decoder_config=dict(vit),
+        ),
         perceptual_stages=[[8, 8], [16, 16], [32, 32]],
-        discriminator=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        teacher=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=8,
-                     num_patches=16),
+        discriminator=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        teacher=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            patch_size=8,
+            num_patches=16,
+        ),
         init_encoder_from=None,
         global_token_hidden=32,
         train_batch_size=8,
@@ -196,8 +223,13 @@ class TokenizerTrainingModel(nn.Module):
     `forward` is the generator's whole differentiable path, so one DDP/FSDP wrapper syncs it.
     """
 
-    def __init__(self, tokenizer: DetailFlowTokenizer, global_token_proj: nn.Module | None, commit_beta: float = 0.25,
-                 noise_top_k: int = 50):
+    def __init__(
+        self,
+        tokenizer: DetailFlowTokenizer,
+        global_token_proj: nn.Module | None,
+        commit_beta: float = 0.25,
+        noise_top_k: int = 50,
+    ):
         super().__init__()
         self.tokenizer = tokenizer
         self.global_token_proj = global_token_proj
@@ -216,16 +248,18 @@ class TokenizerTrainingModel(nn.Module):
             cb_loss = codebook_loss(latents, tok.quantize.lookup(ids), self.commit_beta)
             # No noisy pass (t = 1, or self-correction off): give its parameters a zero gradient so that
             # DDP (built without find_unused_parameters) still sees every parameter used.
-            cb_loss = cb_loss + 0.0 * (tok.refine_conv.weight.sum() + tok.refine_conv.bias.sum()
-                                       + tok.encoder.refined_tokens.sum())
+            cb_loss = cb_loss + 0.0 * (
+                tok.refine_conv.weight.sum() + tok.refine_conv.bias.sum() + tok.encoder.refined_tokens.sum()
+            )
             decoded, first = quant, quant[:, 0]
             code_ids, pre_quant = ids, latents
         else:
             out = noisy_encode(tok, pixel_values, noise_index, top_k=self.noise_top_k)
             clean = codebook_loss(out.clean_pre_quant, tok.quantize.lookup(out.clean_ids), self.commit_beta)
             # label_ids[:, e:] are the pass-2 ids; only positions >= e enter the noisy loss
-            noisy = codebook_loss(out.noisy_pre_quant, tok.quantize.lookup(out.label_ids), self.commit_beta,
-                                  start=out.noise_end)
+            noisy = codebook_loss(
+                out.noisy_pre_quant, tok.quantize.lookup(out.label_ids), self.commit_beta, start=out.noise_end
+            )
             cb_loss = mix_codebook_losses(clean, noisy, out.clean_latents.shape[1], out.noise_end)
             decoded, first = torch.cat([out.clean_latents, out.noisy_latents]), out.clean_latents[:, 0]
             code_ids, pre_quant = out.clean_ids, out.clean_pre_quant
@@ -242,7 +276,9 @@ def load_siglip2_encoder_weights(tokenizer: DetailFlowTokenizer, model_id: str) 
     tower = Siglip2VisionModel.from_pretrained(model_id)
     encoder = tokenizer.encoder
     if len(tower.encoder.layers) < len(encoder.layers):
-        raise ValueError(f"{model_id} has {len(tower.encoder.layers)} layers; the encoder needs {len(encoder.layers)}.")
+        raise ValueError(
+            f"{model_id} has {len(tower.encoder.layers)} layers; the encoder needs {len(encoder.layers)}."
+        )
     sources = {
         "patch_embedding": tower.embeddings.patch_embedding,
         "position_embedding": tower.embeddings.position_embedding,
@@ -277,8 +313,10 @@ def build_discriminator(config: TokenizerTrainingConfig, sync_batchnorm: bool = 
     from transformers import ViTConfig
 
     spec = config.discriminator
-    disc = DinoDiscriminator.from_backbone_id(spec) if isinstance(spec, str) else DinoDiscriminator.from_config(
-        ViTConfig(**spec)
+    disc = (
+        DinoDiscriminator.from_backbone_id(spec)
+        if isinstance(spec, str)
+        else DinoDiscriminator.from_config(ViTConfig(**spec))
     )
     return use_sync_batchnorm(disc) if sync_batchnorm else disc
 
@@ -289,8 +327,10 @@ def build_teacher(config: TokenizerTrainingConfig) -> SigLIP2Teacher | None:
     if config.losses.global_token_weight == 0:
         return None
     spec = config.teacher
-    return SigLIP2Teacher.from_pretrained(spec) if isinstance(spec, str) else SigLIP2Teacher.from_config(
-        Siglip2VisionConfig(**spec)
+    return (
+        SigLIP2Teacher.from_pretrained(spec)
+        if isinstance(spec, str)
+        else SigLIP2Teacher.from_config(Siglip2VisionConfig(**spec))
     )
 
 
@@ -364,14 +404,22 @@ def train_step(state: TokenizerTrainState, images: torch.Tensor, step: int, acce
 
     state.model.train()
     state.discriminator.train()
-    state.perceptual.train()  # LPIPS dropout is active during training in the original (SPEC 8.19)
+    state.perceptual.train()  # LPIPS dropout is active during training in the original (as the original does)
     with accelerator.autocast():
         out = state.model(images, degraded.num_tokens, degraded.resolution, noise_index)
         global_loss = None
         if state.teacher is not None:
             global_loss = global_token_loss(out.global_token, state.teacher(images))
-        gen = generator_loss(target, out.reconstruction, out.codebook_loss, step, losses, state.perceptual,
-                             state.discriminator, global_loss)
+        gen = generator_loss(
+            target,
+            out.reconstruction,
+            out.codebook_loss,
+            step,
+            losses,
+            state.perceptual,
+            state.discriminator,
+            global_loss,
+        )
     state.optimizer.zero_grad(set_to_none=True)
     accelerator.backward(gen["loss"])
     accelerator.clip_grad_norm_(state.model.parameters(), config.max_grad_norm)
@@ -390,8 +438,9 @@ def train_step(state: TokenizerTrainState, images: torch.Tensor, step: int, acce
         return logs
     state.disc_optimizer.zero_grad(set_to_none=True)
     with accelerator.autocast():
-        disc = discriminator_step_loss(state.discriminator, target, out.reconstruction.detach(), state.lecam, step,
-                                       losses)
+        disc = discriminator_step_loss(
+            state.discriminator, target, out.reconstruction.detach(), state.lecam, step, losses
+        )
     accelerator.backward(disc["loss"])
     accelerator.clip_grad_norm_(state.discriminator.parameters(), config.max_grad_norm)
     state.disc_optimizer.step()
@@ -421,9 +470,7 @@ def build_train_state(
     discriminator = build_discriminator(config, sync_batchnorm=sync_bn)
     perceptual = build_perceptual(config)
     if learning_rate is not None:
-        config = dataclasses.replace(
-            config, learning_rate=learning_rate, reference_batch_size=global_batch_size
-        )
+        config = dataclasses.replace(config, learning_rate=learning_rate, reference_batch_size=global_batch_size)
     optimizer, schedule = build_optimizer_and_schedule(model.parameters(), config, global_batch_size, total_steps)
     disc_optimizer, disc_schedule = build_optimizer_and_schedule(
         discriminator.parameters(), config, global_batch_size, total_steps
@@ -466,5 +513,7 @@ def reconstruction_grid(tokenizer: DetailFlowTokenizer, images: torch.Tensor, nu
     tokenizer.train(was_training)
     grid = torch.stack(columns, dim=1)  # (B, columns, 3, M, M)
     b, c = grid.shape[:2]
-    grid = grid.permute(0, 2, 3, 1, 4).reshape(b, 3, size, c * size).permute(1, 0, 2, 3).reshape(1, 3, b * size, c * size)
+    grid = (
+        grid.permute(0, 2, 3, 1, 4).reshape(b, 3, size, c * size).permute(1, 0, 2, 3).reshape(1, 3, b * size, c * size)
+    )
     return to_uint8((grid.float() + 1) / 2)[0]

@@ -24,7 +24,9 @@ def ssim(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prefix_reconstructions(vqvae, pixel_values: torch.Tensor, prefixes: list[int] | None = None) -> dict[int, torch.Tensor]:
+def prefix_reconstructions(
+    vqvae, pixel_values: torch.Tensor, prefixes: list[int] | None = None
+) -> dict[int, torch.Tensor]:
     """Encode once, decode every prefix length; each decode (at its own resolution) is resized
     (bicubic) to the input size so that all levels compare to the same full-detail image.
 
@@ -42,4 +44,7 @@ def prefix_reconstructions(vqvae, pixel_values: torch.Tensor, prefixes: list[int
 
 def psnr_per_detail_level(vqvae, pixel_values: torch.Tensor, prefixes: list[int] | None = None) -> dict[int, float]:
     """Mean PSNR (dB) of the reconstruction from each prefix length against the input images."""
-    return {k: psnr(rec, pixel_values).mean().item() for k, rec in prefix_reconstructions(vqvae, pixel_values, prefixes).items()}
+    return {
+        k: psnr(rec, pixel_values).mean().item()
+        for k, rec in prefix_reconstructions(vqvae, pixel_values, prefixes).items()
+    }

@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from detailflow_hf.training.checkpointing import EMA
 from detailflow_hf.training.generator_training import (
     PRESETS,
+    GeneratorTrainState,
     build_generator,
     make_optimizer,
     make_scheduler,
@@ -56,11 +57,12 @@ def bench_generator(config: str, batch_size: int, steps: int, warmup: int, mixed
         ),
         "label": torch.randint(0, CODES["num_classes"], (batch_size,), device=accelerator.device),
     }
+    state = GeneratorTrainState(model, optimizer, scheduler, preset, ema)
     times = []
     for i in range(warmup + steps):
         synchronize(accelerator.device)
         start = time.perf_counter()
-        train_step(accelerator, model, batch, optimizer, scheduler, preset, ema)
+        train_step(state, batch, i + 1, accelerator)
         synchronize(accelerator.device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
@@ -87,7 +89,7 @@ def bench_tokenizer(config: str, batch_size: int, steps: int, warmup: int, mixed
     for i in range(warmup + steps):
         synchronize(accelerator.device)
         start = time.perf_counter()
-        tokenizer_train_step(state, images, first_step + i, accelerator)
+        tokenizer_train_step(state, {"pixel_values": images}, first_step + i, accelerator)
         synchronize(accelerator.device)
         if i >= warmup:
             times.append(time.perf_counter() - start)

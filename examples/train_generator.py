@@ -35,6 +35,7 @@ from detailflow_hf.training.codes import build_codes_stream, read_codes_info
 from detailflow_hf.training.data import make_loader
 from detailflow_hf.training.generator_training import (
     PRESETS,
+    GeneratorTrainState,
     build_generator,
     check_codes_match_tokenizer,
     make_optimizer,
@@ -137,6 +138,7 @@ def main(argv=None) -> TrainSummary:
     scheduler = make_scheduler(optimizer, preset.max_train_steps, preset.warmup_fraction)
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = EMA(accelerator.unwrap_model(model).parameters(), preset.ema_decay)
+    state = GeneratorTrainState(model, optimizer, scheduler, preset, ema)
     stream = build_codes_stream(args.codes_dir, args.seed, accelerator, args.shuffle_buffer_size)
     loader = make_loader(stream, preset.train_batch_size, args.dataloader_num_workers)
     if args.report_to != "none":
@@ -157,15 +159,7 @@ def main(argv=None) -> TrainSummary:
     while step < stop_at:
         batch = next(batches)
         shards_seen.update(batch.pop("shard").tolist())
-        result = train_step(
-            accelerator,
-            model,
-            {k: v.to(accelerator.device) for k, v in batch.items()},
-            optimizer,
-            scheduler,
-            preset,
-            ema,
-        )
+        result = train_step(state, {k: v.to(accelerator.device) for k, v in batch.items()}, step + 1, accelerator)
         if not result.synced:
             continue
         step += 1
@@ -177,7 +171,7 @@ def main(argv=None) -> TrainSummary:
             logs = {
                 "loss": loss,
                 "lr": scheduler.get_last_lr()[0],
-                "grad_norm": result.grad_norm,
+                "grad_norm": result.logs["grad_norm"],
                 "images_per_second": summary.images_per_second,
             }
             progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{summary.images_per_second:.1f}")

@@ -100,7 +100,7 @@ def main(argv=None):
     while step < stop:
         step += 1
         images = next(batches)["pixel_values"].to(accelerator.device, non_blocking=True)
-        logs = train_step(state, images, step, accelerator)
+        logs = train_step(state, {"pixel_values": images}, step, accelerator).logs
         images_seen += images.shape[0] * accelerator.num_processes
         rate = images_seen / (time.perf_counter() - start)
         progress.update(1)

@@ -18,6 +18,7 @@ from detailflow_hf.training.checkpointing import (
 )
 from detailflow_hf.training.generator_training import (
     PRESETS,
+    GeneratorTrainState,
     build_generator,
     inputs_and_targets,
     make_optimizer,
@@ -25,8 +26,8 @@ from detailflow_hf.training.generator_training import (
     param_groups,
     preset_from_dict,
     train_step,
-    warmup_cosine,
 )
+from detailflow_hf.training.schedules import generator_factor
 from tests.image_folder import load_example, tiny_tokenizer, write_image_folder
 
 CODES = {"vocab_size": 64, "num_tokens": 16, "group_size": 4, "causal_num": 4, "num_classes": 3}
@@ -58,12 +59,12 @@ def test_presets_and_param_groups():
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert any(p is model.model.class_embedding.weight for p in decay["params"])  # embeddings decay too
-    with pytest.raises(ValueError, match=r"unknown generator config keys \['lr'\]"):
+    with pytest.raises(ValueError, match=r"generator config: unknown keys \[.lr.\]"):
         preset_from_dict({"model": {}, "lr": 1})
 
 
 def test_warmup_cosine_values():
-    f = warmup_cosine(1000, 0.05)  # W = 50
+    f = generator_factor(1000, 50)  # W = int(0.05 * 1000)
     assert f(0) == pytest.approx(0.005) and f(25) == pytest.approx(0.005 + 0.995 * 0.5)
     assert f(50) == pytest.approx(1.0) and f(525) == pytest.approx(0.01 + 0.99 * 0.5)
     assert f(1000) == pytest.approx(0.01)
@@ -92,7 +93,8 @@ def test_tiny_generator_loss_drops_on_a_fixed_batch():
     model, optimizer = accelerator.prepare(model, optimizer)
     codes = torch.randint(0, 64, (8, 16, 1), generator=torch.Generator().manual_seed(1))  # clean codes: a fixed target
     batch = {"codes": codes, "label": torch.arange(8) % 3}
-    losses = [train_step(accelerator, model, batch, optimizer, scheduler, preset).loss for _ in range(50)]
+    state = GeneratorTrainState(model, optimizer, scheduler, preset)
+    losses = [train_step(state, batch, step, accelerator).loss for step in range(1, 51)]
     assert losses[0] == pytest.approx(math.log(64), abs=0.01)  # zero-initialised head: uniform logits
     # 4.16 -> ~2.7 (class dropout stays on; the cosine schedule ends at 1% of the peak)
     assert losses[-1] < losses[25] < losses[0] and losses[-1] < 0.7 * losses[0], losses[::10]

@@ -20,6 +20,7 @@ from detailflow_hf.training.degradation import (
     sample_degraded_token_count,
 )
 from detailflow_hf.training.diff_aug import cutout, diff_augment, parse_policy, translation
+from detailflow_hf.training.schedules import tokenizer_factor
 from detailflow_hf.training.tokenizer_losses import (
     SigLIP2Teacher,
     TokenizerLossConfig,
@@ -33,7 +34,6 @@ from detailflow_hf.training.tokenizer_training import (
     load_config,
     load_siglip2_encoder_weights,
     train_step,
-    warmup_cosine_factor,
 )
 from tests.image_folder import load_example, write_image_folder
 
@@ -152,7 +152,7 @@ def test_loss_weights_follow_the_steps():
 
 # -- schedules and presets -----------------------------------------------------------------------------
 def test_warmup_cosine_matches_timm_formula():
-    f = lambda s: warmup_cosine_factor(s, warmup_steps=10, total_steps=100, warmup_ratio=0.1, min_ratio=0.1)
+    f = tokenizer_factor(total_steps=100, warmup_steps=10, warmup_ratio=0.1, min_ratio=0.1)
     assert f(0) == pytest.approx(0.1) and f(5) == pytest.approx(0.55)
     # after warm-up the cosine counts from step 0 (timm warmup_prefix=False)
     assert f(10) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.1)))
@@ -221,7 +221,7 @@ def test_tiny_preset_reconstruction_loss_drops(image_dir):
         return value
 
     before = full_mse()
-    logs = [train_step(state, images, step, accelerator) for step in range(1, 51)]
+    logs = [train_step(state, {"pixel_values": images}, step, accelerator).logs for step in range(1, 51)]
     after = full_mse()
     assert after < 0.6 * before, (before, after)
     assert "g_adv_loss" not in logs[18] and "g_adv_loss" in logs[19]  # GAN from step 20 in `tiny`
@@ -344,3 +344,44 @@ def test_dead_code_restart_reseeds_only_codes_unused_on_every_rank():
         assert moments[name][5:].abs().sum() == 0 and moments[name][:5].abs().min() > 0
     with pytest.raises(ValueError, match="every=0"):
         DeadCodeRestarter(12, every=0)
+
+
+def test_one_config_loader_for_every_trainer():
+    from detailflow_hf.training.generator_training import preset_from_dict
+    from detailflow_hf.training.tokenizer_training import TokenizerTrainingConfig
+
+    with pytest.raises(ValueError, match=r"tokenizer training config 'losses': unknown keys \['mse'\]"):
+        TokenizerTrainingConfig.from_dict({"tokenizer": {}, "losses": {"mse": 1.0}})
+    with pytest.raises(ValueError, match=r"tokenizer training config: missing keys \['tokenizer'\]"):
+        TokenizerTrainingConfig.from_dict({})
+    with pytest.raises(ValueError, match=r"generator config: missing keys \['model'\]"):
+        preset_from_dict({"learning_rate": 1e-3})
+    config = TokenizerTrainingConfig.from_dict({"tokenizer": {}, "betas": [0.5, 0.9], "losses": {"commit_beta": 0.5}})
+    assert config.betas == (0.5, 0.9) and config.losses.commit_beta == 0.5 and config.losses.disc_weight == 0.2
+    assert preset_from_dict({"model": {}, "betas": [0.8, 0.9]}).betas == (0.8, 0.9)
+
+
+def test_one_schedule_helper():
+    from detailflow_hf.training.schedules import make_schedule, schedule_names
+
+    def lrs(name, **kwargs):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule = make_schedule(name, optimizer, 100, **kwargs)
+        values = []
+        for _ in range(100):
+            values.append(schedule.get_last_lr()[0])
+            optimizer.step()
+            schedule.step()
+        return values
+
+    generator = lrs("detailflow-generator", warmup_steps=5)
+    assert (
+        generator[0] == 0.005 and generator[5] == pytest.approx(1.0) and generator[99] == pytest.approx(0.01, abs=1e-3)
+    )
+    tokenizer = lrs("detailflow-tokenizer", warmup_steps=10, warmup_ratio=0.1, min_ratio=0.1)
+    assert tokenizer[0] == pytest.approx(0.1) and tokenizer[10] == pytest.approx(
+        0.1 + 0.45 * (1 + math.cos(math.pi * 0.1))
+    )
+    cosine = lrs("cosine", warmup_steps=10)  # diffusers' own, by name
+    assert cosine[0] == 0.0 and cosine[10] == pytest.approx(1.0) and cosine[99] < 0.01
+    assert {"detailflow-generator", "detailflow-tokenizer", "cosine", "constant"} <= set(schedule_names())

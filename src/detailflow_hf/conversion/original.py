@@ -22,20 +22,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..models.configuration_ar import DetailFlowARConfig
+from ..models.configuration_ar import LLAMAGEN_SIZES, DetailFlowARConfig
 from ..models.modeling_ar import DetailFlowForImageGeneration
 from ..models.sampling import SamplingParams
 from ..models.tokenizer import RELEASED_DECODER, RELEASED_ENCODER, VISION_KEYS, DetailFlowTokenizer
 
 logger = logging.getLogger(__name__)
 
-# LlamaGen presets `(dim, n_layer, n_head)` named by `gpt_model` in the generator's config.yaml.
-GPT_PRESETS = {
-    "GPT-B": (768, 12, 12),
-    "GPT-L": (1024, 24, 16),
-    "GPT-XL": (1280, 36, 20),
-    "GPT-XXL": (1536, 48, 24),
-}
 # Only what the release pickles beside the tensors.
 SAFE_GLOBALS = [argparse.Namespace]
 TRAINING_ONLY_PREFIXES = ("repa_model.", "global_token_proj.", "projection.")
@@ -284,7 +277,7 @@ def generator_config(root: Path, state: dict, ckpt: Path) -> DetailFlowARConfig:
             f"config.json group_size={config['group_size']} but the checkpoint has {group_size - 1} special tokens."
         )
 
-    preset = GPT_PRESETS.get(extra.get("gpt_model"))
+    preset = LLAMAGEN_SIZES.get(extra.get("gpt_model"))
     n_head = config.get("n_head")
     if preset is not None and preset[:2] != (dim, n_layer):
         logger.warning(

@@ -8,6 +8,21 @@ from transformers.modeling_rope_utils import RopeParameters
 
 from ..schedule import check_group_layout
 
+# LlamaGen's model sizes, as `gpt_model` names them: (hidden_size, num_hidden_layers, num_attention_heads).
+# The release trains GPT-L; the converter cross-checks a release against its name, training presets build them.
+LLAMAGEN_SIZES = {
+    "GPT-B": (768, 12, 12),
+    "GPT-L": (1024, 24, 16),
+    "GPT-XL": (1280, 36, 20),
+    "GPT-XXL": (1536, 48, 24),
+}
+
+
+def llamagen_size(name: str) -> dict:
+    """`DetailFlowARConfig` keyword arguments of a LlamaGen size (`"GPT-L"`, ...)."""
+    hidden, layers, heads = LLAMAGEN_SIZES[name]
+    return {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads}
+
 
 def find_multiple(n: int, k: int) -> int:
     """Smallest multiple of `k` that is >= `n`."""
@@ -133,4 +148,4 @@ class DetailFlowARConfig(PreTrainedConfig):
         return self.num_classes
 
 
-__all__ = ["DetailFlowARConfig", "find_multiple"]
+__all__ = ["LLAMAGEN_SIZES", "DetailFlowARConfig", "find_multiple", "llamagen_size"]

@@ -8,8 +8,10 @@ take the preset's value (`resolve_hyperparameters`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import logging
+from dataclasses import MISSING
 from pathlib import Path
 
 from ..flags import int_range, non_negative_int, positive_float, positive_int
@@ -104,6 +106,34 @@ def load_preset(name_or_yaml: str, presets: dict[str, dict]) -> dict:
     return _merge(_deep_copy(presets[base]), values)
 
 
+def config_from_dict(cls, values, what: str):
+    """The dataclass `cls` from a preset/YAML mapping (the one loader of every training config).
+
+    Unknown and missing keys are an error naming them and `what`; a mapping given for a field whose
+    default is itself a dataclass builds that dataclass (recursively), a list given for a tuple
+    field becomes a tuple (YAML has no tuples).
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"{what} must be a mapping of keys, got {type(values).__name__}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    required = [n for n, f in fields.items() if f.default is MISSING and f.default_factory is MISSING]
+    missing = [name for name in required if name not in values]
+    if unknown or missing:
+        problem = f"unknown keys {unknown}" if unknown else f"missing keys {missing}"
+        raise ValueError(f"{what}: {problem}; expected keys among {sorted(fields)} ({required} required).")
+    built = {}
+    for name, value in values.items():
+        field = fields[name]
+        default = field.default_factory() if field.default_factory is not MISSING else field.default
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = config_from_dict(type(default), value, f"{what} '{name}'")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        built[name] = value
+    return cls(**built)
+
+
 def _deep_copy(value):
     return {k: _deep_copy(v) for k, v in value.items()} if isinstance(value, dict) else value
 
@@ -139,6 +169,7 @@ def make_accelerator(args: argparse.Namespace):
 
 __all__ = [
     "add_common_args",
+    "config_from_dict",
     "add_dataset_args",
     "check_common_args",
     "default_report_to",

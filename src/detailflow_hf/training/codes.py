@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import ShuffledStream, split_for_process
+from .data import ShuffledStream, rank_seed, split_for_process
 
 INFO_FILE = "codes_info.json"
 DATA_DIR = "data"
@@ -183,7 +183,7 @@ def build_codes_stream(
     ds = load_dataset("parquet", data_files={"train": shard_files(codes_dir)}, split="train", streaming=True)
     ds = split_for_process(ds, accelerator)
     rank = accelerator.process_index if accelerator is not None else 0
-    return ShuffledStream(ds, pick_crop, buffer_size=shuffle_buffer_size, seed=seed + 1000 * rank)
+    return ShuffledStream(ds, pick_crop, buffer_size=shuffle_buffer_size, seed=rank_seed(seed, rank))
 
 
 __all__ = [

@@ -29,6 +29,7 @@ from ..image_processing import center_crop_arr, open_image, random_crop_arr, to_
 
 logger = logging.getLogger(__name__)
 
+IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train: an "epoch" in the original's schedules
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
 
 
@@ -203,6 +204,11 @@ def make_loader(stream: ShuffledStream, batch_size: int, num_workers: int = 0):
     return StatefulDataLoader(stream, batch_size=batch_size, num_workers=num_workers, generator=generator)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The stream seed of process `rank` (apart by 1000, so data-loader workers `seed + worker` never collide)."""
+    return seed + 1000 * rank
+
+
 def _rank_and_world(accelerator) -> tuple[int, int]:
     return (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
 
@@ -250,11 +256,13 @@ def build_train_stream(
     transform = image_example_transform(ImageTransform(resolution, random_crop=random_crop, hflip=hflip))
     rank, _ = _rank_and_world(accelerator)
     name = repr(dataset_name or train_data_dir)
-    return ShuffledStream(ds, transform, buffer_size=shuffle_buffer_size, seed=seed + 1000 * rank, name=name)
+    return ShuffledStream(ds, transform, buffer_size=shuffle_buffer_size, seed=rank_seed(seed, rank), name=name)
 
 
 __all__ = [
     "DECODE_ERRORS",
+    "IMAGENET_TRAIN_IMAGES",
+    "rank_seed",
     "image_name",
     "ImageTransform",
     "ShuffledStream",

@@ -9,12 +9,16 @@ is needed for the small sets these recipes target. Used by `examples/finetune_lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from diffusers.optimization import SchedulerType, get_scheduler
 from torch import nn
 
 from .. import flags
+from .schedules import make_schedule, schedule_names
+from .step import StepResult
 
 
 def add_finetune_args(parser, model_help: str, data_help: str, learning_rate: float):
@@ -35,9 +39,9 @@ def add_finetune_args(parser, model_help: str, data_help: str, learning_rate: fl
     parser.add_argument("--learning_rate", type=flags.positive_float, default=learning_rate)
     parser.add_argument(
         "--lr_scheduler",
-        choices=[s.value for s in SchedulerType],
+        choices=schedule_names(),
         default="constant",
-        help="diffusers schedule over --max_train_steps (e.g. cosine: decays to 0)",
+        help="lr schedule over --max_train_steps: diffusers' (e.g. cosine: decays to 0) or the trainers'",
     )
     parser.add_argument("--lr_warmup_steps", type=flags.non_negative_int, default=0)
     parser.add_argument("--train_batch_size", type=flags.positive_int, default=8)
@@ -58,28 +62,47 @@ def run_training(
     lr_scheduler: str = "constant",
     lr_warmup_steps: int = 0,
 ) -> float:
-    """The examples' shared loop: `loss_fn(batch)` -> backward -> step, over `loader` until `max_steps`
-    optimizer steps, the lr following the diffusers schedule `lr_scheduler` (stepped once per optimizer
-    step, on every process alike); prints the loss every `log_every` steps on the main process.
-    Returns the last loss."""
-    schedule = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=lr_warmup_steps, num_training_steps=max_steps)
+    """The examples' shared loop: `train_step` over `loader` until `max_steps` optimizer steps, the lr
+    following the schedule `lr_scheduler` (`make_schedule`, stepped once per optimizer step, on every
+    process alike); prints the loss every `log_every` steps on the main process. Returns the last loss."""
+    state = FinetuneState(
+        model, optimizer, make_schedule(lr_scheduler, optimizer, max_steps, lr_warmup_steps), loss_fn
+    )
     model.train()
-    step, loss = 0, None
+    step, result = 0, None
     while step < max_steps:
         for batch in loader:
-            with accelerator.autocast():
-                loss = loss_fn(batch)
-            accelerator.backward(loss)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
+            result = train_step(state, batch, step, accelerator)
             if accelerator.is_main_process and (step % log_every == 0 or step == max_steps):
-                print(f"step {step} loss {loss.item():.5f}")
+                print(f"step {step} loss {result.loss:.5f}")
             if step >= max_steps:
                 break
     accelerator.wait_for_everyone()
-    return loss.item()
+    return result.loss
+
+
+@dataclass
+class FinetuneState:
+    """What a fine-tuning `train_step` updates: `loss_fn(batch) -> loss` defines the recipe."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: Callable[[dict], torch.Tensor]
+
+
+def train_step(state: FinetuneState, batch: dict, step: int, accelerator) -> StepResult:
+    """`loss_fn(batch)` -> backward -> optimizer and schedule step (`step` is not read)."""
+    with accelerator.autocast():
+        loss = state.loss_fn(batch)
+    accelerator.backward(loss)
+    lr = state.optimizer.param_groups[0]["lr"]
+    state.optimizer.step()
+    state.schedule.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    value = loss.item()
+    return StepResult(loss=value, logs={"loss": value, "lr": lr})
 
 
 def encode_images(vqvae, pixel_values: torch.Tensor) -> torch.LongTensor:
@@ -129,6 +152,8 @@ def decoder_loss(
 
 
 __all__ = [
+    "FinetuneState",
+    "train_step",
     "add_finetune_args",
     "decoder_loss",
     "decoder_parameters",

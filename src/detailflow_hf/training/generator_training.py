@@ -4,14 +4,17 @@ with decay groups, per-step warm-up + cosine `LambdaLR`, presets, and one optimi
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ..image_processing import image_grid, to_pil
-from ..models.configuration_ar import DetailFlowARConfig
+from ..models.configuration_ar import LLAMAGEN_SIZES, DetailFlowARConfig, llamagen_size
 from ..models.modeling_ar import DetailFlowForImageGeneration
+from .arguments import config_from_dict
+from .data import IMAGENET_TRAIN_IMAGES
+from .schedules import GENERATOR, make_schedule
+from .step import StepResult
 
 
 @dataclass
@@ -28,7 +31,7 @@ class GeneratorPreset:
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_fraction: float = 0.05
     train_batch_size: int = 256
-    max_train_steps: int = 300 * 5004  # 300 epochs of ImageNet at global batch 256
+    max_train_steps: int = 300 * (IMAGENET_TRAIN_IMAGES // 256)  # 300 epochs of ImageNet at global batch 256
     ema_decay: float = 0.9999
     max_grad_norm: float = 1.0
     correction_prob: float = 0.3
@@ -37,8 +40,7 @@ class GeneratorPreset:
 
 PRESETS: dict[str, dict] = {
     # LlamaGen GPT-B / GPT-L (released) with the original's dropouts (token/resid/ffn/class 0.1).
-    "GPT-B": {"model": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12}},
-    "GPT-L": {"model": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16}},
+    **{name: {"model": llamagen_size(name)} for name in LLAMAGEN_SIZES},
     # Trains on a CPU in minutes; dropouts off so a tiny dataset can be fitted.
     "tiny": {
         "model": {
@@ -59,15 +61,8 @@ PRESETS: dict[str, dict] = {
 
 
 def preset_from_dict(values: dict) -> GeneratorPreset:
-    """A `GeneratorPreset` from a preset/YAML mapping; unknown keys are an error that names them."""
-    known = set(GeneratorPreset.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown generator config keys {unknown}; expected some of {sorted(known)}.")
-    values = dict(values)
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
-    return GeneratorPreset(**values)
+    """A `GeneratorPreset` from a preset/YAML mapping (`config_from_dict`)."""
+    return config_from_dict(GeneratorPreset, values, "generator config")
 
 
 def build_generator(
@@ -148,43 +143,33 @@ def make_optimizer(model: torch.nn.Module, preset: GeneratorPreset, learning_rat
     )
 
 
-def warmup_cosine(total_steps: int, warmup_fraction: float = 0.05):
-    """The original's per-step LR factor: `0.005 + 0.995 s/W` during `W = int(f S)` warm-up steps,
-    then `0.01 + 0.99 * (1 + cos(pi (s - W) / (S - W))) / 2`."""
-    warmup = int(warmup_fraction * total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return 0.005 + 0.995 * step / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_fraction))
+    """The original's per-step schedule over `total_steps`, `int(warmup_fraction * total_steps)` warm-up steps."""
+    return make_schedule(GENERATOR, optimizer, total_steps, int(warmup_fraction * total_steps))
 
 
 @dataclass
-class StepResult:
-    loss: float
-    grad_norm: float | None = None
-    synced: bool = False
-    extras: dict = field(default_factory=dict)
+class GeneratorTrainState:
+    """What `train_step` updates. `model` and `optimizer` may be accelerate-wrapped; `scheduler` is
+    the plain `LambdaLR` (not passed to `accelerator.prepare`, which would step it once per process):
+    it advances once per optimizer step. Checkpoint it and the EMA as `shared` objects of
+    `save_checkpoint`."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    preset: GeneratorPreset
+    ema: object | None = None
 
 
-def train_step(accelerator, model, batch: dict, optimizer, scheduler, preset: GeneratorPreset, ema=None) -> StepResult:
+def train_step(state: GeneratorTrainState, batch: dict, step: int, accelerator) -> StepResult:
     """One micro-batch under `accelerator.accumulate`: loss, backward, and on the sync step clip,
-    optimizer and scheduler step and EMA update.
-
-    `scheduler` is the plain `LambdaLR` (not passed to `accelerator.prepare`, which would step it
-    once per process): it advances once per optimizer step; checkpoint it (and the EMA) as a
-    `shared` object of `save_checkpoint`.
+    optimizer and scheduler step and EMA update (`step` is not read: the schedule counts itself).
 
     Args:
         batch: `codes` `(B, N, 3|1)` long and `label` `(B,)`.
     """
+    model, optimizer, scheduler, preset, ema = state.model, state.optimizer, state.scheduler, state.preset, state.ema
     config = accelerator.unwrap_model(model).config
     with accelerator.accumulate(model):
         inputs, targets = inputs_and_targets(batch["codes"].long(), config.group_size, preset.correction_prob)
@@ -200,14 +185,16 @@ def train_step(accelerator, model, batch: dict, optimizer, scheduler, preset: Ge
         scheduler.step()
         if ema is not None:
             ema.step(accelerator.unwrap_model(model).parameters())
-    norm = float(grad_norm) if grad_norm is not None else None
-    return StepResult(loss=float(loss.detach()), grad_norm=norm, synced=accelerator.sync_gradients)
+    logs = {"loss": float(loss.detach())}
+    if grad_norm is not None:
+        logs["grad_norm"] = float(grad_norm)
+    return StepResult(loss=logs["loss"], logs=logs, synced=accelerator.sync_gradients)
 
 
 __all__ = [
     "GeneratorPreset",
     "PRESETS",
-    "StepResult",
+    "GeneratorTrainState",
     "build_generator",
     "check_codes_match_tokenizer",
     "sample_grid",
@@ -217,5 +204,4 @@ __all__ = [
     "param_groups",
     "preset_from_dict",
     "train_step",
-    "warmup_cosine",
 ]

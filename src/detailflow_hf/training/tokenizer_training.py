@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,12 +23,15 @@ from torch import nn
 
 from ..image_processing import to_uint8
 from ..models.tokenizer import RELEASED_DECODER, RELEASED_ENCODER, DetailFlowTokenizer
-from .arguments import load_preset
+from .arguments import config_from_dict, load_preset
+from .data import IMAGENET_TRAIN_IMAGES
 from .dead_codes import DeadCodeRestarter
 from .degradation import degrade
 from .discriminator import DINO_MODEL_ID, DinoDiscriminator, LeCamEMA, use_sync_batchnorm
 from .perceptual import VGG16_STAGES, PerceptualLoss
+from .schedules import TOKENIZER, make_schedule
 from .self_correction import noise_token_index, noisy_encode
+from .step import StepResult
 from .tokenizer_losses import (
     SIGLIP2_TEACHER_ID,
     SigLIP2Teacher,
@@ -41,8 +43,6 @@ from .tokenizer_losses import (
     global_token_projector,
     mix_codebook_losses,
 )
-
-IMAGENET_TRAIN_IMAGES = 1281167
 
 
 # -- configuration -----------------------------------------------------------------------------------
@@ -102,22 +102,8 @@ class TokenizerTrainingConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TokenizerTrainingConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown or "tokenizer" not in values:
-            raise ValueError(
-                f"tokenizer training config: unknown keys {unknown} or no 'tokenizer' section; "
-                f"expected keys among {sorted(known)} ('tokenizer' required)."
-            )
-        losses = values.get("losses", {})
-        if isinstance(losses, dict):
-            loss_keys = {f.name for f in dataclasses.fields(TokenizerLossConfig)}
-            if set(losses) - loss_keys:
-                raise ValueError(
-                    f"unknown 'losses' keys {sorted(set(losses) - loss_keys)}; expected some of {sorted(loss_keys)}."
-                )
-            losses = TokenizerLossConfig(**losses)
-        return cls(**{**values, "losses": losses})
+        """From a preset/YAML mapping (`config_from_dict`; `tokenizer` is required)."""
+        return config_from_dict(cls, values, "tokenizer training config")
 
 
 def _released(num_tokens: int) -> TokenizerTrainingConfig:
@@ -335,21 +321,6 @@ def build_teacher(config: TokenizerTrainingConfig) -> SigLIP2Teacher | None:
 
 
 # -- optimisation ------------------------------------------------------------------------------------
-def warmup_cosine_factor(
-    step: int, warmup_steps: int, total_steps: int, warmup_ratio: float, min_ratio: float
-) -> float:
-    """timm `CosineLRScheduler` (one cycle, `warmup_prefix=False`) as a factor of the base lr.
-
-    Linear from `warmup_ratio` to 1 over `warmup_steps`, then `min + (1 - min) * (1 + cos(pi s / S)) / 2`
-    with `s` counted from 0 (warm-up included) and `S = total_steps`; `min_ratio` after `S`.
-    """
-    if step < warmup_steps:
-        return warmup_ratio + step * (1.0 - warmup_ratio) / warmup_steps
-    if step >= total_steps:
-        return min_ratio
-    return min_ratio + 0.5 * (1.0 - min_ratio) * (1.0 + math.cos(math.pi * step / total_steps))
-
-
 def build_optimizer_and_schedule(
     parameters, config: TokenizerTrainingConfig, global_batch_size: int, total_steps: int
 ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
@@ -357,10 +328,7 @@ def build_optimizer_and_schedule(
     lr = config.learning_rate * global_batch_size / config.reference_batch_size
     optimizer = torch.optim.Adam([p for p in parameters if p.requires_grad], lr=lr, betas=tuple(config.betas))
     warmup = min(config.warmup_epochs * config.steps_per_epoch(global_batch_size), total_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: warmup_cosine_factor(step, warmup, total_steps, config.warmup_lr / lr, config.min_lr_ratio),
-    )
+    schedule = make_schedule(TOKENIZER, optimizer, total_steps, warmup, config.warmup_lr / lr, config.min_lr_ratio)
     return optimizer, schedule
 
 
@@ -390,9 +358,11 @@ class TokenizerTrainState:
         return [self.schedule, self.disc_schedule]
 
 
-def train_step(state: TokenizerTrainState, images: torch.Tensor, step: int, accelerator) -> dict[str, float]:
+def train_step(state: TokenizerTrainState, batch: dict, step: int, accelerator) -> StepResult:
     """One generator update, then one discriminator update, at 1-based `step` (the original's
-    `global_step = steps + 1`). Returns the losses as floats."""
+    `global_step = steps + 1`), on `batch["pixel_values"]` `(B, 3, M, M)` in [-1, 1]. Reports the
+    generator loss and every loss term as floats."""
+    images = batch["pixel_values"]
     config, losses = state.config, state.config.losses
     tokenizer = accelerator.unwrap_model(state.model).tokenizer
     degraded = degrade(images, tokenizer.schedule, config.degradation_prob)
@@ -404,7 +374,7 @@ def train_step(state: TokenizerTrainState, images: torch.Tensor, step: int, acce
 
     state.model.train()
     state.discriminator.train()
-    state.perceptual.train()  # LPIPS dropout is active during training in the original (as the original does)
+    state.perceptual.train()  # LPIPS dropout is active during training, as in the original
     with accelerator.autocast():
         out = state.model(images, degraded.num_tokens, degraded.resolution, noise_index)
         global_loss = None
@@ -435,7 +405,7 @@ def train_step(state: TokenizerTrainState, images: torch.Tensor, step: int, acce
             step, out.pre_quant, tokenizer.quantize.embedding, state.optimizer, accelerator
         )
     if losses.disc_weight == 0:  # no GAN in this config: the discriminator is never updated
-        return logs
+        return StepResult(loss=logs["g_loss"], logs=logs)
     state.disc_optimizer.zero_grad(set_to_none=True)
     with accelerator.autocast():
         disc = discriminator_step_loss(
@@ -447,7 +417,7 @@ def train_step(state: TokenizerTrainState, images: torch.Tensor, step: int, acce
     state.disc_schedule.step()
 
     logs.update({"d_loss" if k == "loss" else k: v.item() for k, v in disc.items()})
-    return logs
+    return StepResult(loss=logs["g_loss"], logs=logs)
 
 
 def build_train_state(

@@ -21,6 +21,7 @@ import gradio as gr
 import torch
 
 from detailflow_hf import DEFAULT_MODEL, DetailFlowPipeline
+from detailflow_hf.flags import MAX_SEED
 from detailflow_hf.image_processing import open_image, upscale
 
 DISPLAY_SIZE = 256
@@ -74,6 +75,8 @@ class Demo:
             class_id = self.pipe.get_label_ids(str(class_label).strip())[0]
             num_tokens = int(num_tokens) if num_tokens not in (None, "") else self.steps[-1]
             seed = int(seed)
+            if not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"seed={seed} is out of range; expected a seed in [0, {MAX_SEED}].")
             guidance_scale = float(guidance_scale) if guidance_scale not in (None, "") else None  # None: the model's
             self.pipe.check_inputs([class_id], num_tokens, 1, None, "pil", None, guidance_scale=guidance_scale)
             arguments = dict(class_labels=[class_id], guidance_scale=guidance_scale, num_tokens=num_tokens)
@@ -152,79 +155,71 @@ class Demo:
 EXAMPLES = sorted(str(p) for p in (Path(__file__).resolve().parent / "examples").glob("*.png"))
 
 
+def _class_guidance_seed(demo_state: Demo):
+    """The inputs both tabs share; the guidance slider starts at the model's own value."""
+    classes = demo_state.class_choices()
+    model_guidance = demo_state.pipe.sampling_params().guidance_scale
+    label = gr.Dropdown(classes, value=classes[0], label="Class", filterable=True, allow_custom_value=True)
+    guidance = gr.Slider(1.0, max(5.0, model_guidance), value=model_guidance, step=0.01, label="Guidance scale")
+    return label, guidance, gr.Number(value=0, precision=0, label="Seed")
+
+
+def _generate_tab(demo_state: Demo):
+    with gr.Row():
+        with gr.Column():
+            class_label, guidance, seed = _class_guidance_seed(demo_state)
+            class_label.elem_id = "class-label"
+            detail = gr.Dropdown(demo_state.detail_choices(), value=demo_state.steps[-1], label="Detail level")
+            button = gr.Button("Generate", variant="primary", elem_id="generate")
+        with gr.Column():
+            image = gr.Image(label="Image", type="filepath", elem_id="result", format="png")
+            gallery = gr.Gallery(label="Coarse to fine", columns=6, height="auto", elem_id="gallery")
+    inputs = [class_label, guidance, seed, detail]
+    button.click(demo_state.generate_progressive, inputs, [image, gallery], api_name="generate_progressive")
+    gr.Button(visible=False).click(demo_state.generate, inputs, image, api_name="generate")
+
+
+def _vary_tab(demo_state: Demo):
+    gr.Markdown(
+        "Keep the first tokens of an image (its coarse structure, at the resolution they decode to) and let "
+        "the model regrow the detail: under the image's own class for variations, under another for class "
+        "transfer. A small image keeps all it shows and gets its detail completed."
+    )
+    with gr.Row():
+        with gr.Column():
+            source = gr.Image(label="Start from", type="filepath", elem_id="vary-input")
+            if EXAMPLES:
+                gr.Examples(EXAMPLES, inputs=source)
+            default = demo_state.default_keep_index
+            last = len(demo_state.keep_choices) - 1
+            keep = gr.Slider(
+                0, last, value=default, step=1, label="How much to keep (decoding steps)", elem_id="vary-keep"
+            )
+            keep_info = gr.Markdown(demo_state.keep_label(default))
+            keep.change(demo_state.keep_label, keep, keep_info, api_name=False)
+            class_label, guidance, seed = _class_guidance_seed(demo_state)
+            button = gr.Button("Regrow the detail", variant="primary", elem_id="vary")
+        with gr.Column():
+            image = gr.Image(label="Image", type="filepath", elem_id="vary-result", format="png")
+            gallery = gr.Gallery(label="Kept, then coarse to fine", columns=6, height="auto", elem_id="vary-gallery")
+    inputs = [source, keep, class_label, guidance, seed]
+    button.click(demo_state.vary_progressive, inputs, [image, gallery], api_name="vary_progressive")
+    keep_tokens = gr.Number(visible=False, precision=0)  # the API takes a token count, not a slider position
+    api_inputs = [source, keep_tokens, class_label, guidance, seed]
+    gr.Button(visible=False).click(demo_state.vary, api_inputs, image, api_name="vary")
+
+
 def build_demo(pipe: DetailFlowPipeline | None = None) -> gr.Blocks:
     demo_state = Demo(pipe or load_pipeline())
-    classes = demo_state.class_choices()
-    model_guidance = demo_state.pipe.sampling_params().guidance_scale  # the sliders start at the model's
-
-    def class_and_guidance():
-        label = gr.Dropdown(classes, value=classes[0], label="Class", filterable=True, allow_custom_value=True)
-        guidance = gr.Slider(1.0, max(5.0, model_guidance), value=model_guidance, step=0.01, label="Guidance scale")
-        return label, guidance, gr.Number(value=0, precision=0, label="Seed")
-
     with gr.Blocks(title="DetailFlow: coarse-to-fine image generation") as demo:
         gr.Markdown(
-            "# DetailFlow\nNext-detail prediction ([arXiv "
-            "2505.21473](https://arxiv.org/abs/2505.21473)): the first tokens "
-            "give the global layout at a low resolution, each further group adds detail."
+            "# DetailFlow\nNext-detail prediction ([arXiv 2505.21473](https://arxiv.org/abs/2505.21473)): "
+            "the first tokens give the global layout at a low resolution, each further group adds detail."
         )
         with gr.Tab("Generate"):
-            with gr.Row():
-                with gr.Column():
-                    class_label, guidance, seed = class_and_guidance()
-                    class_label.elem_id = "class-label"
-                    detail = gr.Dropdown(demo_state.detail_choices(), value=demo_state.steps[-1], label="Detail level")
-                    button = gr.Button("Generate", variant="primary", elem_id="generate")
-                with gr.Column():
-                    image = gr.Image(label="Image", type="filepath", elem_id="result", format="png")
-                    gallery = gr.Gallery(label="Coarse to fine", columns=6, height="auto", elem_id="gallery")
-            inputs = [class_label, guidance, seed, detail]
-            button.click(demo_state.generate_progressive, inputs, [image, gallery], api_name="generate_progressive")
-            api_button = gr.Button(visible=False)
-            api_button.click(demo_state.generate, inputs, image, api_name="generate")
+            _generate_tab(demo_state)
         with gr.Tab("From an image"):
-            gr.Markdown(
-                "Keep the first tokens of an image (its coarse structure, at the resolution they decode to) and let "
-                "the model regrow the detail: under the image's own class for variations, under another for class "
-                "transfer. A small image keeps all it shows and gets its detail completed."
-            )
-            with gr.Row():
-                with gr.Column():
-                    source = gr.Image(label="Start from", type="filepath", elem_id="vary-input")
-                    if EXAMPLES:
-                        gr.Examples(EXAMPLES, inputs=source)
-                    default_keep = demo_state.default_keep_index
-                    keep = gr.Slider(
-                        0,
-                        len(demo_state.keep_choices) - 1,
-                        value=default_keep,
-                        step=1,
-                        label="How much to keep (decoding steps)",
-                        elem_id="vary-keep",
-                    )
-                    keep_info = gr.Markdown(demo_state.keep_label(default_keep))
-                    keep.change(demo_state.keep_label, keep, keep_info, api_name=False)
-                    vary_class, vary_guidance, vary_seed = class_and_guidance()
-                    vary_button = gr.Button("Regrow the detail", variant="primary", elem_id="vary")
-                with gr.Column():
-                    vary_image = gr.Image(label="Image", type="filepath", elem_id="vary-result", format="png")
-                    vary_gallery = gr.Gallery(
-                        label="Kept, then coarse to fine", columns=6, height="auto", elem_id="vary-gallery"
-                    )
-            vary_button.click(
-                demo_state.vary_progressive,
-                [source, keep, vary_class, vary_guidance, vary_seed],
-                [vary_image, vary_gallery],
-                api_name="vary_progressive",
-            )
-            keep_tokens = gr.Number(visible=False, precision=0)
-            vary_api = gr.Button(visible=False)
-            vary_api.click(
-                demo_state.vary,
-                [source, keep_tokens, vary_class, vary_guidance, vary_seed],
-                vary_image,
-                api_name="vary",
-            )
+            _vary_tab(demo_state)
     return demo.queue(max_size=64, default_concurrency_limit=CONCURRENCY)
 
 

@@ -14,13 +14,14 @@ def gpt(fixture_dir):
     "scale, gradual, key", [(1.5, False, "ar.greedy.cfg1.5"), (3.0, True, "ar.greedy.cfg3.0_gradual")]
 )
 def test_cached_greedy_equals_reference_and_fixture(gpt, expected, attn, scale, gradual, key):
+    saved = gpt.config._attn_implementation
     gpt.set_attn_implementation(attn)
     try:
         labels = expected["ar.labels"]
         fast = gpt.generate(labels, guidance_scale=scale, gradual_guidance=gradual, top_k=1)
         slow = gpt.generate(labels, guidance_scale=scale, gradual_guidance=gradual, top_k=1, use_cache=False)
     finally:
-        gpt.set_attn_implementation("sdpa")
+        gpt.set_attn_implementation(saved)
     assert torch.equal(fast, expected[key])
     assert torch.equal(slow, expected[key])
 

@@ -215,11 +215,12 @@ def test_output_hidden_states_and_attentions(pipe, expected):
     assert torch.equal(out.hidden_states[0], gpt.model.embed_sequence(z, labels))
     assert torch.allclose(gpt.lm_head(out.hidden_states[-1]).float(), out.logits, atol=1e-6)
     assert gpt(z, labels).hidden_states is None
+    saved = gpt.config._attn_implementation
     gpt.set_attn_implementation("eager")
     try:
         attentions = gpt(z, labels, output_attentions=True).attentions
     finally:
-        gpt.set_attn_implementation("sdpa")
+        gpt.set_attn_implementation(saved)
     assert len(attentions) == layers and attentions[0].shape == (3, gpt.config.num_attention_heads, 32, 32)
     # group-causal: position 4 (x_3, first of a block) sees its whole block 4..7 and nothing after
     assert (attentions[0][:, :, 4, 8:] == 0).all() and (attentions[0][:, :, 4, 5:8] > 0).all()

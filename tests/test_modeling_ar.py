@@ -40,15 +40,17 @@ def test_greedy_generation_matches_the_original(gpt, expected, scale, gradual, k
 def test_eager_and_sdpa_agree(gpt, expected):
     z, y = expected["ar.z"], expected["ar.labels"]
     reference = gpt(z[:, :28], y).logits
+    saved = gpt.config._attn_implementation
     gpt.set_attn_implementation("eager")
     try:
         assert (gpt(z[:, :28], y).logits - reference).abs().max() < 1e-5
     finally:
-        gpt.set_attn_implementation("sdpa")
+        gpt.set_attn_implementation(saved)
 
 
 def test_dropouts_only_in_training(gpt, expected):
     z, y = expected["ar.z"], expected["ar.labels"]
+    saved = gpt.config.class_dropout_prob
     gpt.config.class_dropout_prob = 1.0
     try:
         eval_logits = gpt(z[:, :28], y).logits
@@ -57,7 +59,7 @@ def test_dropouts_only_in_training(gpt, expected):
         train_logits = gpt(z[:, :28], y).logits
     finally:
         gpt.eval()
-        gpt.config.class_dropout_prob = 0.1
+        gpt.config.class_dropout_prob = saved
     assert torch.equal(eval_logits, gpt(z[:, :28], y).logits)
     assert (train_logits - eval_logits).abs().max() > 1e-3
 

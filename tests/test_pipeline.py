@@ -188,5 +188,6 @@ def test_dtype_on_load(pipe, tmp_path, expected, export):
     assert loaded.vqvae.dtype == loaded.transformer.dtype == torch.bfloat16
     out = loaded(class_labels=expected["ar.labels"], top_k=1, output_type="pt")
     assert out.images.dtype == torch.float32 and out.images.shape == (3, 3, 64, 64)
-    # bf16 rounding may flip a few greedy choices, not most of them
-    assert (out.token_ids == expected["ar.greedy.cfg1.5"]).float().mean() > 0.5
+    # bf16 rounding flips some greedy choices, and every later token may follow a flip: 68 of the 96
+    # ids equal the float32 fixture on this CPU (either layout); fewer means a new source of error
+    assert (out.token_ids == expected["ar.greedy.cfg1.5"]).sum().item() >= 68

@@ -78,7 +78,8 @@ def test_input_validation_reaches_the_user(served):
     for args, message in (
         (("zebra", 1.5, 0, 32), "unknown class name 'zebra'"),
         (("3", 1.5, 0, 5), r"5 is not in the list of choices: \[1, 2, 3, 4, 8"),
-        (("3", 0.5, 0, 32), r"0\.5"),
+        (("3", 0.5, 0, 32), r"Value 0\.5 is less than minimum value 1\.0"),  # gradio's slider bound
+        (("3", 1.5, -1, 32), r"seed=-1 is out of range; expected a seed in \[0, 9223372036854775807\]"),  # ours
     ):
         with pytest.raises(Exception, match=message):
             client.predict(*args, api_name="/generate")

@@ -144,10 +144,6 @@ class ResolutionSchedule:
         return self._best_token(self.token2dec_res)
 
     @property
-    def encres2besttoken(self) -> dict[int, int]:
-        return self._best_token(self.token2enc_res)
-
-    @property
     def decres2mintoken(self) -> dict[int, int]:
         table: dict[int, int] = {}
         for t, r in self.token2dec_res.items():

@@ -7,6 +7,7 @@ from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
 from ..schedule import check_group_layout
+from .config_keys import check_config_keys
 
 # LlamaGen's model sizes, as `gpt_model` names them: (hidden_size, num_hidden_layers, num_attention_heads).
 # The release trains GPT-L; the converter cross-checks a release against its name, training presets build them.
@@ -122,24 +123,14 @@ class DetailFlowARConfig(PreTrainedConfig):
     )
 
     @classmethod
-    def _check_shape_keys(cls, config_dict, where: str):
-        if not isinstance(config_dict, dict):
-            raise ValueError(f"{where} holds a JSON {type(config_dict).__name__}; expected an object of config keys.")
-        missing = [key for key in cls.shape_keys if key not in config_dict]
-        if missing:
-            raise ValueError(
-                f"{where} lacks the key {missing[0]!r} (a {cls.model_type} config must state {list(cls.shape_keys)})."
-            )
-
-    @classmethod
     def _dict_from_json_file(cls, json_file):
         config_dict = super()._dict_from_json_file(json_file)
-        cls._check_shape_keys(config_dict, str(json_file))
+        check_config_keys(config_dict, cls.shape_keys, str(json_file), cls.model_type)
         return config_dict
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
-        cls._check_shape_keys(config_dict, f"the {cls.model_type} config")
+        check_config_keys(config_dict, cls.shape_keys, f"the {cls.model_type} config", cls.model_type)
         return super().from_dict(config_dict, **kwargs)
 
     @property

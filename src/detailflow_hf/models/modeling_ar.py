@@ -423,31 +423,30 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
         generators = _check_generators(generator, labels.shape[0])
         steps = self.prefix_lengths(num_tokens)
         codes = self._check_prefix_ids(prefix_ids, labels.shape[0], steps[-1])
-        use_cfg = params.guidance_scale > 1.0
-        if use_cfg:
+        if params.guidance_scale > 1.0:
             labels = torch.cat([labels, torch.full_like(labels, self.config.null_class_id)])
         stepper = CachedStepper(self, labels, steps[-1], compile) if use_cache else RecomputeStepper(self, labels)
-
-        g, c = self.config.group_size, self.config.causal_num
         for step, length in enumerate(steps):
             if length <= codes.shape[1]:
                 continue  # given by prefix_ids
-            logits = stepper(codes, length - codes.shape[1])
-            if use_cfg:
-                scale = (
-                    params.guidance_scale
-                    if length <= c
-                    else params.guidance_for_group(length // g - 1, self.config.num_tokens // g)
-                )
-                logits = apply_guidance(logits, scale)
+            logits = self._guided(stepper(codes, length - codes.shape[1]), params, length)
             codes = torch.cat([codes, params.sample(logits, generators)], dim=1)
-            if callback is not None:
-                replaced = callback(step, codes)
-                if replaced is not None:
-                    codes = self._replace_codes(codes, replaced, stepper)
+            if callback is not None and (replaced := callback(step, codes)) is not None:
+                codes = self._replace_codes(codes, replaced, stepper)
             if interrupt is not None and interrupt():
                 break
         return DetailFlowGenerationOutput(sequences=codes) if return_dict else codes
+
+    def _guided(self, logits: torch.Tensor, params: SamplingParams, length: int) -> torch.Tensor:
+        """The step reaching `length` tokens: `[cond; uncond]` logits combined at its guidance (the
+        plain scale for the causal prefix, the group's under gradual guidance); as is without CFG."""
+        if params.guidance_scale <= 1.0:
+            return logits
+        g, c = self.config.group_size, self.config.causal_num
+        scale = params.guidance_scale
+        if length > c:
+            scale = params.guidance_for_group(length // g - 1, self.config.num_tokens // g)
+        return apply_guidance(logits, scale)
 
     def _check_prefix_ids(self, prefix_ids, batch: int, num_tokens: int) -> torch.LongTensor:
         """`prefix_ids` as `(batch, k)` long ids on the model's device (`None`: `k = 0`)."""

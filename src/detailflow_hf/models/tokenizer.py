@@ -25,6 +25,7 @@ from transformers import Siglip2VisionConfig
 from transformers.models.siglip2.modeling_siglip2 import Siglip2EncoderLayer
 
 from ..schedule import ResolutionSchedule
+from .config_keys import check_config_keys
 
 # Shapes of the released tokenizers (SigLIP2 so400m truncated to 12 layers for the encoder; a fresh
 # 768-wide tower for the decoder). The release does not store them.
@@ -281,14 +282,7 @@ class DetailFlowTokenizer(ModelMixin, ConfigMixin):
     @classmethod
     def _dict_from_json_file(cls, json_file):
         config = super()._dict_from_json_file(json_file)
-        if not isinstance(config, dict):
-            raise ValueError(f"{json_file} holds a JSON {type(config).__name__}; expected an object of config keys.")
-        missing = [key for key in cls.shape_keys if key not in config]
-        if missing:
-            raise ValueError(
-                f"{json_file} lacks the key {missing[0]!r} (a DetailFlowTokenizer config must state "
-                f"{list(cls.shape_keys)})."
-            )
+        check_config_keys(config, cls.shape_keys, str(json_file), cls.__name__)
         return config
 
     def _check_images(self, images: torch.Tensor):

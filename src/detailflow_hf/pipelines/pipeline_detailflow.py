@@ -342,13 +342,7 @@ class DetailFlowPipeline(DiffusionPipeline):
         Returns:
             [`DetailFlowPipelineOutput`] (or a tuple `(images,)`, plus the intermediates when asked).
         """
-        class_ids = self.get_label_ids(class_labels)
-        prefix_ids = None
-        if image is not None:
-            class_ids, prefix_ids = self._pair(class_ids, self.encode_prefix(image, keep_tokens))
-            prefix_ids = prefix_ids.repeat_interleave(num_images_per_prompt, dim=0)
-        elif keep_tokens is not None:
-            raise ValueError("keep_tokens needs an image to keep the tokens of.")
+        class_ids, prefix_ids = self._labels_and_prefix(class_labels, image, keep_tokens, num_images_per_prompt)
         params = self.check_inputs(
             class_ids,
             num_tokens,
@@ -388,14 +382,29 @@ class DetailFlowPipeline(DiffusionPipeline):
                 interrupt=lambda: self.interrupt,
                 compile=compile,
             )
-        steps = [k for k in steps if k <= token_ids.shape[1]]  # fewer after an interrupt
+        output = self._output(token_ids, output_type, return_intermediates, kept)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (output.images, output.intermediates) if return_intermediates else (output.images,)
+        return output
+
+    def _labels_and_prefix(self, class_labels, image, keep_tokens, num_images_per_prompt):
+        """Class ids, and with an `image` its kept prefix ids `(batch * num_images_per_prompt, k)`."""
+        class_ids = self.get_label_ids(class_labels)
+        if image is None:
+            if keep_tokens is not None:
+                raise ValueError("keep_tokens needs an image to keep the tokens of.")
+            return class_ids, None
+        class_ids, prefix_ids = self._pair(class_ids, self.encode_prefix(image, keep_tokens))
+        return class_ids, prefix_ids.repeat_interleave(num_images_per_prompt, dim=0)
+
+    def _output(self, token_ids, output_type: str, return_intermediates: bool, kept: int) -> DetailFlowPipelineOutput:
+        """Decode the final ids and, when asked, every shorter prefix of the schedule (fewer after an interrupt)."""
         images = self.decode(token_ids, output_type=output_type)
         intermediates = None
         if return_intermediates:
+            steps = self.prefix_lengths(token_ids.shape[1])
             intermediates = [self.decode(token_ids[:, :k], output_type=output_type) for k in steps[:-1]] + [images]
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images, intermediates) if return_intermediates else (images,)
         return DetailFlowPipelineOutput(
             images=images, intermediates=intermediates, token_ids=token_ids, kept_tokens=kept
         )

@@ -1,0 +1,79 @@
+"""The layout shows the architecture: who may import whom inside `detailflow_hf`, checked on the source."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "detailflow_hf"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """Every module -> the package modules it imports (at any depth of the file, relative or absolute)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if target.startswith("detailflow_hf"):
+                    found.add(target)
+                    found.update(f"{target}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("detailflow_hf"))
+        modules = {
+            m
+            for m in found
+            if (PACKAGE.parent / m.replace(".", "/")).with_suffix(".py").is_file()
+            or (PACKAGE.parent / m.replace(".", "/") / "__init__.py").is_file()
+        }
+        graph[name] = modules - {name}
+    return graph
+
+
+def test_models_know_nothing_above_them():
+    for module, targets in imports().items():
+        if module.startswith("detailflow_hf.models"):
+            above = [
+                t
+                for t in targets
+                if t.split(".")[1] in ("pipelines", "training", "conversion", "hub", "cli", "evaluation")
+            ]
+            assert not above, f"{module} imports {above}"
+
+
+def test_evaluation_depends_on_no_training_module():
+    for module, targets in imports().items():
+        if module.startswith("detailflow_hf.evaluation"):
+            assert not [t for t in targets if t.startswith("detailflow_hf.training")], module
+
+
+def test_no_import_cycles_between_modules():
+    graph = imports()
+    # a package's __init__ re-exporting its modules is not a cycle through them
+    edges = {
+        m: {t for t in ts if not (m.count(".") < t.count(".") and t.startswith(m + "."))} for m, ts in graph.items()
+    }
+    state: dict[str, int] = {}
+
+    def visit(node, trail):
+        state[node] = 1
+        for target in edges.get(node, ()):
+            if state.get(target) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(target) :] + [target]))
+            if target not in state:
+                visit(target, trail + [target])
+        state[node] = 2
+
+    for node in edges:
+        if node not in state:
+            visit(node, [node])

@@ -92,8 +92,12 @@ def test_guidance_scale_one_runs_without_the_null_branch(gpt, expected):
 @pytest.mark.slow
 def test_compiled_static_cache_path(gpt, expected):
     """Static cache + torch.compile (inductor on CPU): same ids, compiled once per (batch, num_tokens)."""
+    from torch._dynamo.utils import counters
+
     labels = expected["ar.labels"]
+    before = counters["stats"]["unique_graphs"]
     first = gpt.generate(labels, top_k=1, compile=True)
+    assert counters["stats"]["unique_graphs"] - before == 2  # the two chunk shapes (1 and g entries), no more
     second = gpt.generate(labels, top_k=1, compile=True, gradual_guidance=True, guidance_scale=3.0)
     assert torch.equal(first, expected["ar.greedy.cfg1.5"])
     assert torch.equal(second, expected["ar.greedy.cfg3.0_gradual"])
@@ -103,6 +107,7 @@ def test_compiled_static_cache_path(gpt, expected):
     grafted = gpt.generate(labels, top_k=1, compile=True, callback=graft)
     assert torch.equal(grafted, gpt.generate(labels, top_k=1, callback=graft, use_cache=False))
     assert len(gpt._compiled_decoding) == 1
+    assert counters["stats"]["unique_graphs"] - before == 2  # later runs reuse them
 
 
 # -- continuing a given prefix (image-conditioned generation) --------------------------------------------

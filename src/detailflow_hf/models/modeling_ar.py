@@ -547,7 +547,8 @@ class CachedStepper:
 
     def __call__(self, codes: torch.LongTensor, new: int) -> torch.Tensor:
         codes = codes.repeat(self.labels.shape[0] // codes.shape[0], 1)
-        embeds = self.model.model.embed_sequence(codes, self.labels)[:, self.position :]
+        # contiguous: a compiled step is specialised on strides, and the view's would change every step
+        embeds = self.model.model.embed_sequence(codes, self.labels)[:, self.position :].contiguous()
         positions = torch.arange(self.position, self.position + embeds.shape[1], device=embeds.device)[None]
         self.position += embeds.shape[1]
         forward = self.model.forward

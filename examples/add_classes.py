@@ -23,6 +23,7 @@ from accelerate import Accelerator
 
 from detailflow_hf import DetailFlowPipeline
 from detailflow_hf.image_datasets import ImageFolderDataset
+from detailflow_hf.loading import load_pipeline
 from detailflow_hf.training.adapters import set_classes
 from detailflow_hf.training.finetuning import add_finetune_args, encode_images, generator_loss, run_training
 
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     torch.manual_seed(args.seed)
-    pipe = DetailFlowPipeline.from_pretrained(args.model).to(accelerator.device)
+    pipe = load_pipeline(args.model, accelerator.device)
     data = ImageFolderDataset(args.train_data_dir, pipe.vqvae.config.image_size)
     first_new = pipe.transformer.config.num_classes
     if pipe.id2label:  # carry the pipeline's names into the generator before appending

@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from detailflow_hf import DetailFlowPipeline, flags
+from detailflow_hf import flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.evaluation.fid import FeatureStatistics, frechet_distance
 from detailflow_hf.evaluation.metrics import psnr_per_detail_level
 from detailflow_hf.image_processing import image_grid, to_tensor
+from detailflow_hf.loading import load_pipeline
 
 
 def load_split(folder: Path, class_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +110,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=flags.int_range(0, 2**32 - 1, "a seed"), default=0)
     args = parser.parse_args(argv)
 
-    pipe = DetailFlowPipeline.from_pretrained(args.model)
+    pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     class_names = [pipe.id2label[i] for i in range(len(pipe.id2label))]
     folder_names = sorted(p.name for p in (Path(args.data_dir) / "train").iterdir() if p.is_dir())

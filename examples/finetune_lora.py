@@ -30,6 +30,7 @@ from detailflow_hf import DetailFlowPipeline, flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.image_datasets import ImageFolderDataset
 from detailflow_hf.image_processing import image_grid
+from detailflow_hf.loading import load_pipeline
 from detailflow_hf.training.adapters import add_generator_lora, load_adapter, save_adapter, set_classes
 from detailflow_hf.training.finetuning import add_finetune_args, encode_images, generator_loss, run_training
 
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     torch.manual_seed(args.seed)
-    pipe = DetailFlowPipeline.from_pretrained(args.model).to(accelerator.device)
+    pipe = load_pipeline(args.model, accelerator.device)
     data = ImageFolderDataset(args.train_data_dir, pipe.vqvae.config.image_size)
     set_classes(pipe.transformer, data.class_names, keep_existing=False)
     model = add_generator_lora(pipe.transformer, rank=args.rank, alpha=args.lora_alpha)
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     if accelerator.is_main_process:
         output = Path(args.output_dir)
         adapter = save_adapter(accelerator.unwrap_model(model), output / "adapter")
-        base = DetailFlowPipeline.from_pretrained(args.model)
+        base = load_pipeline(args.model)
         merged = DetailFlowPipeline(
             vqvae=base.vqvae,
             transformer=load_adapter(base.transformer, adapter).eval(),

@@ -20,7 +20,8 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from detailflow_hf import DEFAULT_MODEL, DetailFlowPipeline
+import detailflow_hf.loading
+from detailflow_hf import DetailFlowPipeline
 from detailflow_hf.flags import MAX_SEED
 from detailflow_hf.image_processing import open_image, upscale
 
@@ -29,15 +30,9 @@ CONCURRENCY = int(os.environ.get("DETAILFLOW_CONCURRENCY", "2"))
 
 
 def load_pipeline(spec: str | None = None) -> DetailFlowPipeline:
-    """The pipeline named by `spec` (see the module docstring), on GPU in bfloat16 when there is one."""
-    spec = spec or os.environ.get("DETAILFLOW_MODEL") or DEFAULT_MODEL
-    if spec is None:
-        raise SystemExit("set DETAILFLOW_MODEL to a DetailFlow pipeline folder or Hub repo id.")
-    if spec.startswith("original:"):
-        tokenizer, generator = spec.removeprefix("original:").split(",")
-        pipe = DetailFlowPipeline.from_original(tokenizer.strip(), generator.strip())
-    else:
-        pipe = DetailFlowPipeline.from_pretrained(spec)
+    """The pipeline named by `spec` or `DETAILFLOW_MODEL` (see the module docstring; none: the embedded
+    model), on GPU in bfloat16 when there is one."""
+    pipe = detailflow_hf.loading.load_pipeline(spec or os.environ.get("DETAILFLOW_MODEL") or None)
     if torch.cuda.is_available():
         pipe.to("cuda")
         pipe.transformer.to(torch.bfloat16)

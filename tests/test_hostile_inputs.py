@@ -149,7 +149,7 @@ def _edit_json(path, drop=None, **values):
 @pytest.mark.parametrize("model", ["/no/such/model", "./missing", "a/b/c"])
 def test_a_missing_model_path_is_named_as_a_path(tmp_path, capsys, model):
     code, line = run(capsys, "generate", "--model", model, "--class", 1, "--output", tmp_path / "x.png")
-    assert code == 2 and f"--model {model}: no such folder" in line
+    assert code == 2 and f"model {model}: no such folder" in line
 
 
 def test_reconstruct_inputs(converted_dir, tmp_path, capsys):
@@ -247,3 +247,19 @@ def test_space_binds_to_loopback_unless_configured(monkeypatch):
     assert app.server_name() == "127.0.0.1"
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")  # what a Space sets
     assert app.server_name() == "0.0.0.0"
+
+
+def test_one_pipeline_loader(converted_dir):
+    """`loading.load_pipeline` is what the CLI, the evaluation, the examples and the Space call."""
+    import detailflow_hf
+    from detailflow_hf.loading import load_pipeline
+
+    assert load_pipeline(converted_dir).transformer.config.num_tokens == 32
+    if detailflow_hf.DEFAULT_MODEL is not None:
+        assert load_pipeline().transformer.config.num_classes == len(load_pipeline().id2label)
+    for spec, message in (
+        ("original:only-one", "expected 'original:TOKENIZER_REPO_OR_DIR,GENERATOR_REPO_OR_DIR'"),
+        ("./nope", "model ./nope: no such folder"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            load_pipeline(spec)

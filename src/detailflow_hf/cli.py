@@ -35,27 +35,15 @@ def _load_pipeline(model: str | None, device: str):
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from .pipelines.pipeline_detailflow import DetailFlowPipeline
+    from .loading import load_pipeline
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-
-    if model is None:
-        from . import DEFAULT_MODEL
-
-        if DEFAULT_MODEL is None:
-            raise UsageError("no --model given and this installation has no embedded default model.")
-        model = DEFAULT_MODEL
-    path = Path(model).expanduser()
-    if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
-        raise UsageError(f"--model {model}: no such folder (and not a Hub repo id of the form 'owner/name').")
-    if path.exists() and not (path / "model_index.json").is_file():
-        raise UsageError(f"--model {model}: not a pipeline folder (it has no model_index.json).")
     try:
-        pipe = DetailFlowPipeline.from_pretrained(str(path) if path.exists() else model)
+        return load_pipeline(model, device)
     except USER_ERRORS as error:
-        raise UsageError(f"cannot load the pipeline {model}: {_first_line(error)}") from error
-    return pipe.to(device)
+        where = "" if str(model) in str(error) else f" {model}"
+        raise UsageError(f"cannot load the pipeline{where}: {_first_line(error)}") from error
 
 
 # -- generate ---------------------------------------------------------------------------------------

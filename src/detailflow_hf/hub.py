@@ -25,12 +25,10 @@ CODE_FILES = [
     ("image_processing.py", "image_processing.py"),
     ("models/tokenizer.py", "vqvae/detailflow_tokenizer.py"),
     ("schedule.py", "vqvae/schedule.py"),
-    ("models/config_keys.py", "vqvae/config_keys.py"),
     ("models/modeling_ar.py", "transformer/modeling_detailflow_ar.py"),
     ("models/configuration_ar.py", "transformer/configuration_ar.py"),
     ("models/sampling.py", "transformer/sampling.py"),
     ("schedule.py", "transformer/schedule.py"),
-    ("models/config_keys.py", "transformer/config_keys.py"),
 ]
 CODE_MODEL_INDEX = {
     "_class_name": ["pipeline_detailflow", "DetailFlowPipeline"],

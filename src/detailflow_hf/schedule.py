@@ -1,4 +1,5 @@
-"""Token count <-> resolution schedule of DetailFlow (pure Python, no torch; docs/algorithm.md §1).
+"""Token count <-> resolution schedule of DetailFlow (pure Python, no torch; docs/algorithm.md §1), and
+the other rules both models share: the group layout, and that saved configs state every shape key.
 
 A prefix of ``t`` tokens decodes to an image whose side grows with ``t`` along a power law
 (``ResolutionDegradation`` of the original release). Both models and the pipeline ask this module;
@@ -43,6 +44,16 @@ def prefix_lengths(num_tokens: int, group_size: int, causal_num: int, stop: int 
     if not isinstance(stop, int) or isinstance(stop, bool) or stop not in lengths:
         raise ValueError(f"num_tokens={stop!r} is not a valid prefix length; expected one of {list(lengths)}.")
     return lengths[: lengths.index(stop) + 1]
+
+
+def check_config_keys(config, keys: tuple[str, ...], where: str, model: str):
+    """Raise a `ValueError` naming `where` (a file, or a description) unless `config` is a mapping that
+    states every key in `keys`."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{where} holds a JSON {type(config).__name__}; expected an object of config keys.")
+    missing = [key for key in keys if key not in config]
+    if missing:
+        raise ValueError(f"{where} lacks the key {missing[0]!r} (a {model} config must state {list(keys)}).")
 
 
 @dataclass(frozen=True)

@@ -118,9 +118,9 @@ def add_generation_eval_args(parser: argparse.ArgumentParser) -> argparse.Argume
 
 
 def _load_pipeline(model: str, device):
-    from ..pipelines.pipeline_detailflow import DetailFlowPipeline
+    from ..loading import load_pipeline
 
-    pipe = DetailFlowPipeline.from_pretrained(model).to(device)
+    pipe = load_pipeline(model, device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

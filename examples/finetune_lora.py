@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from detailflow_hf import DetailFlowPipeline, flags
+from detailflow_hf import flags
+from detailflow_hf.adapters import add_generator_lora, save_adapter, set_classes
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.image_datasets import ImageFolderDataset
 from detailflow_hf.image_processing import image_grid
 from detailflow_hf.loading import load_pipeline
-from detailflow_hf.training.adapters import add_generator_lora, load_adapter, save_adapter, set_classes
 from detailflow_hf.training.finetuning import add_finetune_args, encode_images, generator_loss, run_training
 
 
@@ -75,13 +75,8 @@ def main(argv=None) -> int:
     )
     if accelerator.is_main_process:
         output = Path(args.output_dir)
-        adapter = save_adapter(accelerator.unwrap_model(model), output / "adapter")
-        base = load_pipeline(args.model)
-        merged = DetailFlowPipeline(
-            vqvae=base.vqvae,
-            transformer=load_adapter(base.transformer, adapter).eval(),
-            id2label=dict(enumerate(data.class_names)),
-        )
+        adapter = save_adapter(accelerator.unwrap_model(model), output / "adapter", base_model=str(args.model))
+        merged = load_pipeline(args.model).load_adapter(adapter)  # the base pipeline, adapted and merged
         merged.save_pretrained(output / "merged")
         merged.set_progress_bar_config(disable=True)
         generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(data.class_names))]

@@ -8,7 +8,7 @@ import torch
 
 import detailflow_hf
 from detailflow_hf import DetailFlowForImageGeneration, DetailFlowPipeline, DetailFlowTokenizer
-from detailflow_hf.training.adapters import load_adapter, set_classes
+from detailflow_hf.adapters import load_adapter, set_classes
 from tests.image_folder import CLASSES, load_example, write_image_folder
 
 
@@ -73,6 +73,20 @@ def test_lora_adapter_changes_outputs_and_merging_reproduces_them(converted_dir,
     saved.set_progress_bar_config(disable=True)
     image = saved(class_labels="triangle", generator=torch.Generator().manual_seed(0), output_type="np").images
     assert image.shape == (1, 64, 64, 3)
+
+    # at the pipeline level: the adapter's card names its base; unmerged -> saved again -> merged gives the same model
+    card = (out / "adapter" / "README.md").read_text()
+    assert "library_name: peft" in card and f"base_model: {converted_dir}" in card and "circle" in card
+    unmerged = DetailFlowPipeline.from_pretrained(converted_dir).load_adapter(out / "adapter", merge=False)
+    assert unmerged.get_label_ids("square") == [1]
+    torch.testing.assert_close(probe_logits(unmerged.transformer), adapted, atol=1e-5, rtol=1e-5)
+    unmerged.save_adapter(tmp_path / "again", base_model="me/detailflow-base")
+    assert "base_model: me/detailflow-base" in (tmp_path / "again" / "README.md").read_text()
+    again = DetailFlowPipeline.from_pretrained(converted_dir).load_adapter(tmp_path / "again")
+    assert type(again.transformer) is DetailFlowForImageGeneration and again.id2label == dict(enumerate(CLASSES))
+    torch.testing.assert_close(probe_logits(again.transformer), adapted, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="carries no adapter to save"):
+        again.save_adapter(tmp_path / "none")
 
 
 def test_add_classes_keeps_old_rows_and_moves_the_null_class_last(converted_dir, images, tmp_path):

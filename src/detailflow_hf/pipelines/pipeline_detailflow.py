@@ -75,15 +75,25 @@ class DetailFlowPipeline(DiffusionPipeline):
         self.register_modules(vqvae=vqvae, transformer=transformer)
         if id2label is not None:
             id2label = {int(k): v for k, v in id2label.items()}
-        self.register_to_config(id2label=id2label)
         self.image_processor = DetailFlowImageProcessor(vqvae.config.image_size)
-        self.labels = ClassLabels(self._default_id2label(id2label), num_classes=transformer.config.num_classes)
+        self._set_labels(id2label)
+
+    def _set_labels(self, id2label):
+        """The class names: `id2label` when given, else the generator config's `id2label` when it names
+        every class, else ImageNet-1k for 1000 classes, else ids only."""
+        self.register_to_config(id2label=id2label)
+        self.labels = ClassLabels(self._default_id2label(id2label), num_classes=self._generator_config.num_classes)
+
+    @property
+    def _generator_config(self):
+        transformer = self.transformer
+        return (transformer.get_base_model() if hasattr(transformer, "get_base_model") else transformer).config
 
     def _default_id2label(self, id2label):
         if id2label is not None:
             return id2label
-        num_classes = self.transformer.config.num_classes
-        model_labels = getattr(self.transformer.config, "id2label", None) or {}
+        num_classes = self._generator_config.num_classes
+        model_labels = getattr(self._generator_config, "id2label", None) or {}
         if len(model_labels) == num_classes and not all(v == f"LABEL_{k}" for k, v in model_labels.items()):
             return model_labels
         return imagenet_id2label() if num_classes == 1000 else {}
@@ -95,6 +105,31 @@ class DetailFlowPipeline(DiffusionPipeline):
     def get_label_ids(self, label: int | str | list[int | str]) -> list[int]:
         """Map class names (any synonym, case-insensitive) or ids to ids; raises naming unknown ones."""
         return self.labels.to_ids(label)
+
+    # -- adapters -------------------------------------------------------------------------------------
+    def load_adapter(self, adapter: str | os.PathLike, merge: bool = True):
+        """Adapt the generator with a LoRA adapter folder or Hub repo saved by `save_adapter`: its
+        classes replace the generator's (class names work as for any model), its weights are loaded and,
+        with `merge` (default), folded into the generator's own; `merge=False` keeps the peft model
+        (`save_adapter` can then write it again). Returns the pipeline."""
+        from ..adapters import load_adapter
+
+        self.transformer = load_adapter(self.transformer, adapter, merge=merge).eval()
+        self._set_labels(None)
+        return self
+
+    def save_adapter(self, folder: str | os.PathLike, base_model: str | None = None):
+        """Write the generator's adapter (the pipeline must carry an unmerged one: `load_adapter(...,
+        merge=False)`, or a generator wrapped by `adapters.add_generator_lora`) with its classes and a
+        card naming `base_model`."""
+        from ..adapters import save_adapter
+
+        if not hasattr(self.transformer, "peft_config"):
+            raise ValueError(
+                "this pipeline's generator carries no adapter to save; load one with load_adapter(..., merge=False) "
+                "or wrap the generator with detailflow_hf.adapters.add_generator_lora."
+            )
+        return save_adapter(self.transformer, folder, base_model=base_model)
 
     # -- loading --------------------------------------------------------------------------------------
     @classmethod

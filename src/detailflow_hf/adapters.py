@@ -1,6 +1,10 @@
 """Adapting a trained generator: a new label set in its class embedding (the classifier-free guidance
 null class stays the last row) and LoRA on its projections (peft), saved and restored with the
-label set it was trained on."""
+label set it was trained on and a model card (`library_name: peft`, `base_model`).
+
+A saved adapter folder: peft's `adapter_config.json` and `adapter_model.safetensors` (the LoRA
+weights and the whole class embedding, new rows included), `id2label.json`, `README.md`.
+`DetailFlowPipeline.save_adapter` / `load_adapter` wrap these for a whole pipeline."""
 
 from __future__ import annotations
 
@@ -68,22 +72,42 @@ def add_generator_lora(
     return get_peft_model(transformer, config)
 
 
-def save_adapter(peft_model, folder: str | os.PathLike) -> Path:
-    """`adapter_config.json`, `adapter_model.safetensors` and the label set the adapter was trained on."""
+def save_adapter(peft_model, folder: str | os.PathLike, base_model: str | None = None) -> Path:
+    """`adapter_config.json`, `adapter_model.safetensors`, the label set the adapter was trained on
+    (`id2label.json`) and a card naming `base_model` (the pipeline or generator it adapts)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     folder = Path(folder)
     peft_model.save_pretrained(folder)
     labels = _unwrap(peft_model).config.id2label
     (folder / LABELS_FILE).write_text(json.dumps({str(k): v for k, v in labels.items()}, indent=1))
+    data = ModelCardData(library_name="peft", base_model=base_model, tags=["detailflow", "lora", "class-conditional"])
+    rank = peft_model.peft_config["default"].r
+    names = ", ".join(str(labels[k]) for k in sorted(labels)[:8]) + (", ..." if len(labels) > 8 else "")
+    body = (
+        f"A LoRA adapter (rank {rank}) for the DetailFlow generator"
+        + (f" of `{base_model}`" if base_model else "")
+        + f", with its own {len(labels)} classes ({names}).\n\n"
+        "```python\nfrom detailflow_hf import DetailFlowPipeline\n\n"
+        f"pipe = DetailFlowPipeline.from_pretrained({json.dumps(base_model or 'BASE_PIPELINE')})\n"
+        f"pipe.load_adapter({json.dumps(str(folder.name))})  # merged into the generator\n"
+        f"images = pipe(class_labels={json.dumps([labels[k] for k in sorted(labels)[:2]])}).images\n```\n"
+    )
+    ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {folder.name}\n\n{body}").save(folder / "README.md")
     return folder
 
 
 def load_adapter(transformer, folder: str | os.PathLike, merge: bool = True):
-    """Put the adapter of `folder` on a fresh copy of its base generator: the label set is restored
-    first (the class embedding shape), then the weights; `merge` folds LoRA into the base weights
-    (`merge_and_unload`) and returns a plain generator, else the peft model."""
+    """Put the adapter of `folder` (or a Hub repo id) on a fresh copy of its base generator: the label
+    set is restored first (the class embedding shape), then the weights; `merge` folds LoRA into the
+    base weights (`merge_and_unload`) and returns a plain generator, else the peft model."""
     from peft import PeftModel
 
     folder = Path(folder)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(str(folder)))
     labels_path = folder / LABELS_FILE
     if not labels_path.is_file():
         raise FileNotFoundError(f"{folder} has no {LABELS_FILE}; expected an adapter saved by save_adapter().")

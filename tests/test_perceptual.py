@@ -81,3 +81,28 @@ def test_loads_torchvision_layout_and_lpips_heads(tmp_path, loss):
     with pytest.raises(ValueError, match="lin0.model.1.weight"):
         torch.save({}, tmp_path / "empty.pth")
         loss.load_lpips_heads(tmp_path / "empty.pth")
+
+
+def test_released_presets_default_to_packaged_lpips_heads_and_a_timm_vgg():
+    pytest.importorskip("torchmetrics")
+    from detailflow_hf.training.perceptual import (
+        LPIPS_HEADS_FROM_TORCHMETRICS,
+        VGG16_TIMM_ID,
+        PerceptualLoss,
+        torchmetrics_lpips_heads,
+    )
+    from detailflow_hf.training.tokenizer_training import load_config
+
+    for name in ("DetailFlow-16", "DetailFlow-32", "DetailFlow-64"):
+        config = load_config(name)
+        assert (config.perceptual_lpips_weights, config.perceptual_vgg_weights) == (
+            LPIPS_HEADS_FROM_TORCHMETRICS,
+            VGG16_TIMM_ID,
+        )
+    loss = PerceptualLoss()
+    loss.load_lpips_heads(LPIPS_HEADS_FROM_TORCHMETRICS)
+    shipped = torch.load(torchmetrics_lpips_heads(), map_location="cpu", weights_only=True)
+    assert torch.equal(loss.heads[2][1].weight.flatten(), shipped["lin2.model.1.weight"].flatten())
+    # offline (as in CI) the timm backbone cannot be fetched: one message naming it
+    with pytest.raises(ValueError, match=r"timm/vgg16.tv_in1k|needs timm"):
+        loss.load_vgg16_weights(VGG16_TIMM_ID)

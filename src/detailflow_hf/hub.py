@@ -23,6 +23,7 @@ CODE_FILES = [
     ("pipelines/pipeline_detailflow.py", "pipeline_detailflow.py"),
     ("pipelines/labels.py", "labels.py"),
     ("image_processing.py", "image_processing.py"),
+    ("adapters.py", "adapters.py"),
     ("models/tokenizer.py", "vqvae/detailflow_tokenizer.py"),
     ("schedule.py", "vqvae/schedule.py"),
     ("models/modeling_ar.py", "transformer/modeling_detailflow_ar.py"),

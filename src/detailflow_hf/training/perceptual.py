@@ -156,7 +156,33 @@ class PerceptualLoss(nn.Module):
                 head[1].weight.copy_(state[key].reshape(head[1].weight.shape))
 
 
+# The released presets' defaults: LPIPS v0.1 VGG heads as torchmetrics ships them in its wheel, and an
+# ImageNet VGG16 backbone by timm/Hub id.
+LPIPS_HEADS_FROM_TORCHMETRICS = "torchmetrics"
+VGG16_TIMM_ID = "timm/vgg16.tv_in1k"
+
+
+def torchmetrics_lpips_heads() -> Path:
+    """The `vgg.pth` LPIPS heads inside the installed torchmetrics (a clear error without it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torchmetrics")
+    if spec is None or spec.origin is None:
+        raise ValueError(
+            "the LPIPS heads default to the copy torchmetrics ships: pip install 'detailflow-hf[eval]' "
+            "(torchmetrics), or set perceptual_lpips_weights to a vgg.pth file."
+        )
+    path = Path(spec.origin).parent / "functional" / "image" / "lpips_models" / "vgg.pth"
+    if not path.is_file():
+        raise ValueError(
+            f"this torchmetrics has no LPIPS heads at {path}; set perceptual_lpips_weights to a vgg.pth file."
+        )
+    return path
+
+
 def _load_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
+    if str(source) == LPIPS_HEADS_FROM_TORCHMETRICS:
+        source = torchmetrics_lpips_heads()
     path = Path(source)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -173,4 +199,11 @@ def _load_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
             f"{source!r} is not a local weights file, and loading it as a timm model id needs timm "
             "(pip install timm, with a working torchvision)."
         ) from error
-    return timm.create_model(str(source), pretrained=True).state_dict()
+    try:
+        return timm.create_model(str(source), pretrained=True).state_dict()
+    except Exception as error:  # offline, gated, unknown id: one message naming it
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"cannot load the perceptual network {source!r} ({reason}); download it once online, or set "
+            "perceptual_vgg_weights to a local weights file."
+        ) from None

@@ -28,7 +28,7 @@ from .data import IMAGENET_TRAIN_IMAGES
 from .dead_codes import DeadCodeRestarter
 from .degradation import degrade
 from .discriminator import DINO_MODEL_ID, DinoDiscriminator, LeCamEMA, use_sync_batchnorm
-from .perceptual import VGG16_STAGES, PerceptualLoss
+from .perceptual import LPIPS_HEADS_FROM_TORCHMETRICS, VGG16_STAGES, VGG16_TIMM_ID, PerceptualLoss
 from .schedules import TOKENIZER, make_schedule
 from .self_correction import noise_token_index, noisy_encode
 from .step import StepResult
@@ -55,7 +55,8 @@ class TokenizerTrainingConfig:
         init_encoder_from: SigLIP2 vision tower (Hub id or folder) whose embeddings, first layers and
             post-LN initialise the encoder (the release: so400m truncated to 12 layers); `None`: random.
         perceptual_stages: VGG conv widths per stage; `perceptual_vgg_weights` / `perceptual_lpips_weights`:
-            files (or a timm id for the VGG) with pretrained weights; `None` keeps random weights.
+            files (or a timm id for the VGG, `"torchmetrics"` for the heads torchmetrics ships) with
+            pretrained weights; `None` keeps random weights. The released presets name both.
         discriminator: DINO ViT Hub id, or `ViTConfig` keyword arguments for a random backbone.
         teacher: SigLIP2 Hub id, or `Siglip2VisionConfig` keyword arguments; unused when the
             global-token weight is 0.
@@ -117,7 +118,12 @@ def _released(num_tokens: int) -> TokenizerTrainingConfig:
         encoder_config=dict(RELEASED_ENCODER),
         decoder_config=dict(RELEASED_DECODER),
     )
-    return TokenizerTrainingConfig(tokenizer=tokenizer)
+    # The perceptual loss needs pretrained networks: LPIPS heads from torchmetrics' wheel, VGG16 by timm id.
+    return TokenizerTrainingConfig(
+        tokenizer=tokenizer,
+        perceptual_vgg_weights=VGG16_TIMM_ID,
+        perceptual_lpips_weights=LPIPS_HEADS_FROM_TORCHMETRICS,
+    )
 
 
 def _tiny() -> TokenizerTrainingConfig:

@@ -171,3 +171,29 @@ def test_compiled_path_continues_a_prefix(gpt, expected):
     full = expected["ar.greedy.cfg1.5"]
     for k in (0, 3, 8, 20):
         assert torch.equal(gpt.generate(labels, top_k=1, compile=True, prefix_ids=full[:, :k]), full), k
+
+
+def test_reference_and_fast_paths_draw_alike_with_per_image_generators(gpt):
+    def run(use_cache):
+        generators = [torch.Generator().manual_seed(s) for s in (21, 22, 23)]
+        return gpt.generate([1, 5, 7], generator=generators, temperature=1.2, top_p=0.9, use_cache=use_cache)
+
+    assert torch.equal(run(True), run(False))
+
+
+@pytest.mark.slow
+def test_the_compiled_step_has_no_graph_breaks(gpt):
+    """The step `compile=True` compiles (the model's forward on a static cache) is one graph on CPU."""
+    from transformers.cache_utils import StaticCache
+
+    config = gpt.config
+    cache = StaticCache(config=config, max_cache_len=config.num_tokens)
+    cache.early_initialization(6, config.num_key_value_heads, config.head_dim, gpt.dtype, gpt.device)
+    for chunk in (1, config.group_size):
+        embeds = torch.randn(6, chunk, config.hidden_size)
+        positions = torch.arange(chunk)[None]
+        explanation = torch._dynamo.explain(gpt.forward)(
+            inputs_embeds=embeds, position_ids=positions, cache=cache, logits_to_keep=chunk
+        )
+        assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
+        cache.reset()

@@ -52,36 +52,77 @@ MAX_OUTPUT_PIXELS = 10_000 * 10_000  # one grid or strip file
 BATCH_SIZE = 32  # images generated at a time: memory stays bounded for any --num-images
 
 
-def _add_generate(subparsers):
-    p = subparsers.add_parser("generate", help="generate images for class names or ids")
+def _add_generation_args(p, what: str, num_images: int):
+    """The flags `generate` and `vary` share; `what` names one generated image in the help."""
     p.add_argument("--model", help="pipeline folder or Hub repo id (default: the embedded model)")
     p.add_argument(
-        "--class",
-        dest="classes",
-        action="append",
-        required=True,
-        metavar="NAME_OR_ID",
-        help="class name or id (repeatable)",
+        "--class", dest="classes", action="append", required=True, metavar="NAME_OR_ID", help="class name or id"
     )
-    p.add_argument("--seed", type=flags.seed, default=0, help="image i uses seed + i")
-    p.add_argument(
-        "--num-tokens", type=flags.positive_int, help="detail level: a trained prefix length (default: all tokens)"
-    )
-    p.add_argument("--num-images", type=flags.positive_int, default=1, help="images per class")
+    p.add_argument("--num-images", type=flags.positive_int, default=num_images, help=f"{what}s per class")
+    p.add_argument("--seed", type=flags.seed, default=0, help=f"{what} i uses seed + i")
     add_sampling_args(p)
     p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--output",
-        required=True,
-        help="FILE.png/.jpg/.webp (one grid) or a folder without a suffix (one file per image)",
-    )
-    p.add_argument("--progressive", action="store_true", help="also save the coarse-to-fine strip of every image")
+    p.add_argument("--progressive", action="store_true", help=f"also save the coarse-to-fine strip of every {what}")
     p.add_argument(
         "--display-size",
         type=flags.int_range(1, 4096, "a size in pixels"),
         help="enlarge grid cells and strip frames to N px (nearest), for small models",
     )
+
+
+def _add_generate(subparsers):
+    p = subparsers.add_parser("generate", help="generate images for class names or ids")
+    _add_generation_args(p, "image", num_images=1)
+    p.add_argument(
+        "--num-tokens", type=flags.positive_int, help="detail level: a trained prefix length (default: all tokens)"
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="FILE.png/.jpg/.webp (one grid) or a folder without a suffix (one file per image)",
+    )
     p.set_defaults(func=_generate)
+
+
+def _labels_and_seeds(pipe, args) -> list[int]:
+    """Each image's class id (`--num-images` per `--class`), checking that its seed `--seed + i` fits."""
+    labels = [c for c in pipe.get_label_ids(args.classes) for _ in range(args.num_images)]
+    if args.seed + len(labels) - 1 > flags.MAX_SEED:
+        raise UsageError(
+            f"--seed {args.seed}: the {len(labels)} images use seeds up to {args.seed + len(labels) - 1}, "
+            f"above {flags.MAX_SEED}."
+        )
+    return labels
+
+
+def _in_batches(pipe, labels: list[int], args, **kwargs):
+    """Generate image i with seed `--seed + i`, `BATCH_SIZE` images at a time: yields (indices, output)."""
+    import torch
+
+    for start in range(0, len(labels), BATCH_SIZE):
+        batch = range(start, min(start + BATCH_SIZE, len(labels)))
+        yield (
+            batch,
+            pipe(
+                class_labels=[labels[i] for i in batch],
+                generator=[torch.Generator(args.device).manual_seed(args.seed + i) for i in batch],
+                return_intermediates=args.progressive,
+                **sampling_arguments(args),
+                **kwargs,
+            ),
+        )
+
+
+def _read_image(path_arg: str):
+    from .image_processing import open_image
+
+    path = Path(path_arg)
+    if not path.is_file():
+        raise UsageError(f"image {path} does not exist.")
+    try:
+        return open_image(path)
+    except OSError as error:
+        raise UsageError(f"cannot read image {path}: {error}") from error
 
 
 def _check_output(output: Path, count: int, side: int, steps: int, progressive: bool) -> bool:
@@ -114,37 +155,21 @@ def _check_output(output: Path, count: int, side: int, steps: int, progressive: 
 
 
 def _generate(args) -> int:
-    import torch
-
     from .image_processing import image_grid, progressive_strip, upscale
 
     pipe = _load_pipeline(args.model, args.device)
     pipe.set_progress_bar_config(disable=True)
-    class_ids = pipe.get_label_ids(args.classes)
-    count = len(class_ids) * args.num_images
-    if args.seed + count - 1 > flags.MAX_SEED:
-        raise UsageError(
-            f"--seed {args.seed}: the {count} images use seeds up to {args.seed + count - 1}, above {flags.MAX_SEED}."
-        )
-    pipe.check_inputs(class_ids, args.num_tokens, args.num_images, None, "pil", None, **sampling_arguments(args))
+    labels = _labels_and_seeds(pipe, args)
+    pipe.check_inputs(labels, args.num_tokens, 1, None, "pil", None, **sampling_arguments(args))
     steps = pipe.prefix_lengths(args.num_tokens)
     side = args.display_size or pipe.vqvae.schedule.decoder_resolution(steps[-1])
     output = Path(args.output)
-    to_file = _check_output(output, count, side, len(steps), args.progressive)
+    to_file = _check_output(output, len(labels), side, len(steps), args.progressive)
     (output.parent if to_file else output).mkdir(parents=True, exist_ok=True)
 
-    labels = [c for c in class_ids for _ in range(args.num_images)]
     names = [pipe.labels.name(c).replace(" ", "_").replace("/", "_") for c in labels]
     cells, strips, written = [], [], []
-    for start in range(0, count, BATCH_SIZE):
-        batch = range(start, min(start + BATCH_SIZE, count))
-        out = pipe(
-            class_labels=[labels[i] for i in batch],
-            num_tokens=args.num_tokens,
-            generator=[torch.Generator(args.device).manual_seed(args.seed + i) for i in batch],
-            return_intermediates=args.progressive,
-            **sampling_arguments(args),
-        )
+    for batch, out in _in_batches(pipe, labels, args, num_tokens=args.num_tokens):
         for j, i in enumerate(batch):
             image = upscale(out.images[j], args.display_size) if args.display_size else out.images[j]
             strip = progressive_strip(out.intermediates, j, args.display_size) if args.progressive else None
@@ -176,86 +201,46 @@ def _add_vary(subparsers):
         description="Variations (the image's own class), class transfer (another class) or detail completion "
         "(a small input: by default the tokens its resolution shows are kept).",
     )
-    p.add_argument("--model", help="pipeline folder or Hub repo id (default: the embedded model)")
+    _add_generation_args(p, "variation", num_images=4)
     p.add_argument("--image", required=True, help="an image file (resized and centre-cropped to the model's size)")
     p.add_argument(
         "--keep-tokens",
         type=flags.non_negative_int,
         help="tokens of the image to keep: 0 or a trained prefix length (default: what the image's resolution shows)",
     )
-    p.add_argument(
-        "--class",
-        dest="classes",
-        action="append",
-        required=True,
-        metavar="NAME_OR_ID",
-        help="class to regrow the detail under (repeatable)",
-    )
-    p.add_argument("--num-images", type=flags.positive_int, default=4, help="variations per class")
-    p.add_argument("--seed", type=flags.seed, default=0, help="variation i uses seed + i")
-    add_sampling_args(p)
-    p.add_argument("--device", default="cpu")
     p.add_argument("--output", required=True, help="FILE.png: the kept coarse image first, then the variations")
-    p.add_argument("--progressive", action="store_true", help="also save the coarse-to-fine strip of every variation")
-    p.add_argument(
-        "--display-size",
-        type=flags.int_range(1, 4096, "a size in pixels"),
-        help="enlarge grid cells and strip frames to N px (nearest), for small models",
-    )
     p.set_defaults(func=_vary)
 
 
 def _vary(args) -> int:
-    import torch
     from PIL import Image
 
-    from .image_processing import image_grid, open_image, progressive_strip, upscale
+    from .image_processing import image_grid, progressive_strip, upscale
 
     output = Path(args.output)
     if output.suffix.lower() not in IMAGE_SUFFIXES or output.is_dir():
         raise UsageError(f"--output {output}: expected a grid file ending in {'/'.join(IMAGE_SUFFIXES)}.")
-    path = Path(args.image)
-    if not path.is_file():
-        raise UsageError(f"image {path} does not exist.")
-    try:
-        image = open_image(path)
-    except OSError as error:
-        raise UsageError(f"cannot read image {path}: {error}") from error
+    image = _read_image(args.image)
     pipe = _load_pipeline(args.model, args.device)
     pipe.set_progress_bar_config(disable=True)
-    class_ids = pipe.get_label_ids(args.classes)
-    count = len(class_ids) * args.num_images
-    if args.seed + count - 1 > flags.MAX_SEED:
-        raise UsageError(
-            f"--seed {args.seed}: the {count} images use seeds up to {args.seed + count - 1}, above {flags.MAX_SEED}."
-        )
+    labels = _labels_and_seeds(pipe, args)
     prefix = pipe.encode_prefix(image, args.keep_tokens)
     kept = prefix.shape[1]
-    pipe.check_inputs(class_ids, None, args.num_images, None, "pil", None, **sampling_arguments(args))
+    pipe.check_inputs(labels, None, 1, None, "pil", None, **sampling_arguments(args))
     steps = pipe.prefix_lengths()
     side = args.display_size or pipe.vqvae.schedule.decoder_resolution(steps[-1])
-    _check_output(output, count + 1, side, len(steps), args.progressive)
+    _check_output(output, len(labels) + 1, side, len(steps), args.progressive)
     output.parent.mkdir(parents=True, exist_ok=True)
 
     cells = [pipe.decode(prefix, output_type="pil")[0] if kept else Image.new("RGB", (side, side), "white")]
     strips = []
-    labels = [c for c in class_ids for _ in range(args.num_images)]
-    for start in range(0, count, BATCH_SIZE):
-        batch = range(start, min(start + BATCH_SIZE, count))
-        out = pipe(
-            class_labels=[labels[i] for i in batch],
-            image=image,
-            keep_tokens=kept,
-            generator=[torch.Generator(args.device).manual_seed(args.seed + i) for i in batch],
-            return_intermediates=args.progressive,
-            **sampling_arguments(args),
-        )
+    for batch, out in _in_batches(pipe, labels, args, image=image, keep_tokens=kept):
         cells += list(out.images)
         if args.progressive:
             strips += [progressive_strip(out.intermediates, j, args.display_size) for j in range(len(batch))]
     cells = [upscale(cell, side) for cell in cells]  # the kept image is at its own (low) resolution
     image_grid(cells, columns=min(len(cells), args.num_images + 1)).save(output)
-    print(f"kept {kept} tokens ({pipe.vqvae.schedule.decoder_resolution(kept) if kept else 0} px) of {path}")
+    print(f"kept {kept} tokens ({pipe.vqvae.schedule.decoder_resolution(kept) if kept else 0} px) of {args.image}")
     print(output)
     if args.progressive:
         strip = output.with_name(output.stem + "_progressive" + output.suffix)
@@ -325,23 +310,18 @@ def _add_reconstruct(subparsers):
 
 def _reconstruct(args) -> int:
     from .evaluation.metrics import prefix_reconstructions, psnr
-    from .image_processing import center_crop_arr, image_grid, open_image, to_pil, to_tensor
+    from .image_processing import image_grid
 
     pipe = _load_pipeline(args.model, args.device)
-    path = Path(args.image)
-    if not path.is_file():
-        raise UsageError(f"image {path} does not exist.")
-    try:
-        image = open_image(path)
-    except OSError as error:
-        raise UsageError(f"cannot read image {path}: {error}") from error
-    pixels = to_tensor(center_crop_arr(image, pipe.vqvae.config.image_size))[None].to(args.device)
+    image = _read_image(args.image)
+    pixels = pipe.image_processor.preprocess(image)[0].to(args.device)
     levels = prefix_reconstructions(pipe.vqvae, pixels)
     print("tokens  PSNR (dB)")
     for k, reconstruction in levels.items():
         print(f"{k:6d}  {psnr(reconstruction, pixels).item():8.2f}")
     if args.output:
-        image_grid([to_pil((rec[:1] + 1) / 2)[0] for rec in levels.values()], columns=len(levels)).save(args.output)
+        frames = [pipe.image_processor.postprocess(rec[:1], "pil")[0] for rec in levels.values()]
+        image_grid(frames, columns=len(levels)).save(args.output)
         print(f"wrote {args.output}")
     return 0
 

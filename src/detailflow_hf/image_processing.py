@@ -149,8 +149,8 @@ def image_grid(images: list[Image.Image], columns: int | None = None) -> Image.I
 
 def upscale(image: np.ndarray | Image.Image, size: int) -> Image.Image:
     """A preview frame upscaled (nearest, so coarse pixels stay visible) to `size` for display."""
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray((image * 255 + 0.5).astype(np.uint8))
+    if isinstance(image, np.ndarray):  # (H, W, 3) in [0, 1], the pipeline's "np" output
+        image = to_pil(torch.from_numpy(image).permute(2, 0, 1)[None])[0]
     return image.resize((size, size), Image.NEAREST)
 
 

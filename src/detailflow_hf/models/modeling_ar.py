@@ -276,7 +276,7 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
         return labels.long()
 
     def _check_codes(self, input_ids: torch.LongTensor):
-        n, g, c, vocab = self.config.num_tokens, self.config.group_size, self.config.causal_num, self.config.vocab_size
+        n, g, c = self.config.num_tokens, self.config.group_size, self.config.causal_num
         if (
             input_ids.ndim != 2
             or (input_ids.shape[1] >= c and input_ids.shape[1] + g > n + 1)
@@ -286,10 +286,13 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
                 f"input_ids must be (batch, L) codes with L <= {n - g + 1} (num_tokens - group_size + 1), "
                 f"got shape {tuple(input_ids.shape)}."
             )
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
-            raise ValueError(
-                f"input_ids span [{input_ids.min().item()}, {input_ids.max().item()}]; expected ids in [0, {vocab})."
-            )
+        self._check_id_range(input_ids, "input_ids")
+
+    def _check_id_range(self, ids: torch.LongTensor, name: str):
+        """Every id in the codebook, `[0, vocab_size)`; the error names `name` and the span found."""
+        vocab = self.config.vocab_size
+        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
+            raise ValueError(f"{name} span [{ids.min().item()}, {ids.max().item()}]; expected ids in [0, {vocab}).")
 
     @can_return_tuple
     def forward(
@@ -468,12 +471,7 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
             raise ValueError(f"prefix_ids hold {k} tokens, not a valid prefix length; expected one of {lengths}.")
         if k > num_tokens:
             raise ValueError(f"prefix_ids hold {k} tokens, more than num_tokens={num_tokens}.")
-        vocab = self.config.vocab_size
-        if prefix_ids.numel() and (prefix_ids.min() < 0 or prefix_ids.max() >= vocab):
-            raise ValueError(
-                f"prefix_ids span [{prefix_ids.min().item()}, {prefix_ids.max().item()}]; expected ids "
-                f"in [0, {vocab})."
-            )
+        self._check_id_range(prefix_ids, "prefix_ids")
         return prefix_ids.to(self.device, torch.long)
 
     def _replace_codes(self, codes: torch.LongTensor, replaced, stepper) -> torch.LongTensor:
@@ -489,9 +487,7 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
                 "integer ids of shape "
                 f"{tuple(codes.shape)} (or None to keep the tokens)."
             )
-        vocab = self.config.vocab_size
-        if replaced.numel() and (replaced.min() < 0 or replaced.max() >= vocab):
-            raise ValueError(f"the callback returned ids outside [0, {vocab}).")
+        self._check_id_range(replaced, "the callback's tokens")
         replaced = replaced.to(codes.device, torch.long)
         if not torch.equal(replaced, codes):
             stepper.reset()

@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import shutil
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -121,12 +122,13 @@ SAFE_GLOBALS.append(_reconstruct)
 STATE_SUFFIXES = (".pt", ".bin", ".pkl", ".pth")
 
 
-def safe_load(file: str | os.PathLike):
+def safe_load(file: str | os.PathLike, mmap: bool = False):
     """`torch.load` a state file allowing tensors, plain Python containers and `SAFE_GLOBALS` only;
-    anything else raises a `ValueError` naming the file (and nothing in it runs)."""
+    anything else raises a `ValueError` naming the file (and nothing in it runs). `mmap` maps the
+    tensors instead of reading them (zip-format files)."""
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(file, map_location="cpu", weights_only=True)
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # UnpicklingError, truncated zip, ...
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
@@ -140,7 +142,8 @@ def check_state_files(path: str | os.PathLike):
     (accelerate's own files included: optimizer, schedulers, random states, loader states)."""
     for file in sorted(Path(path).iterdir()):
         if file.is_file() and file.suffix in STATE_SUFFIXES:
-            safe_load(file)
+            # the unpickler runs in full, but tensors are only mapped: an optimizer state is not read twice
+            safe_load(file, mmap=zipfile.is_zipfile(file))
 
 
 def save_checkpoint(

@@ -3,7 +3,8 @@
     python examples/extract_codes.py --tokenizer PATH --output_dir codes/ [--train_data_dir DIR | --dataset_name ID]
     accelerate launch --num_processes 8 examples/extract_codes.py ...   # each process writes its own shards
 
-Per image: a centre crop and its mirror image (or `--ten_crop`: 10 crops of a 1.1x centre crop),
+Per image: a centre crop and its mirror image (or `--ten_crop`: 10 crops of a 1.1x centre crop;
+`--no_mirror` drops the mirror images, for data whose meaning changes when flipped: text, flags),
 one self-correction noise index shared by the crops, and `[clean, noisy input, label]` codes
 (`--no_correction`: clean codes only). Output: see `detailflow_hf.training.codes`.
 """
@@ -36,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_dataset_args(parser)
     parser.add_argument("--split", default="train")
     parser.add_argument("--ten_crop", action="store_true", help="10 crops of a 1.1x centre crop per image")
+    parser.add_argument(
+        "--no_mirror", dest="mirror", action="store_false", help="no mirror-image crops (1, or 5 with --ten_crop)"
+    )
     parser.add_argument("--no_correction", dest="correction", action="store_false", help="clean codes only")
     parser.add_argument(
         "--num_classes", type=flags.positive_int, default=None, help="needed when labels are not a ClassLabel"
@@ -49,13 +53,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def image_crops(image: Image.Image, size: int, use_ten_crop: bool) -> torch.Tensor:
-    """`(10 | 2, 3, size, size)` in [-1, 1]: ten crops, or the centre crop and its mirror image."""
+def image_crops(image: Image.Image, size: int, use_ten_crop: bool, mirror: bool = True) -> torch.Tensor:
+    """`(crops, 3, size, size)` in [-1, 1]: ten crops (five without `mirror`), or the centre crop and its
+    mirror image (the centre crop alone without `mirror`)."""
     if use_ten_crop:
         crops = ten_crop(center_crop_arr(image, int(size * 1.1)), size)
     else:
         centre = center_crop_arr(image, size)
         crops = [centre, centre.transpose(Image.FLIP_LEFT_RIGHT)]
+    if not mirror:
+        crops = crops[: len(crops) // 2]
     return torch.stack([to_tensor(crop) for crop in crops])
 
 
@@ -73,7 +80,8 @@ def main(argv=None) -> int:
     num_classes = len(names) if names else args.num_classes
     if num_classes is None:
         raise ValueError("the label column is not a ClassLabel: pass --num_classes.")
-    info = codes_info_for(tokenizer, num_classes, names, crops=10 if args.ten_crop else 2, triples=args.correction)
+    crops = (10 if args.ten_crop else 2) // (1 if args.mirror else 2)
+    info = codes_info_for(tokenizer, num_classes, names, crops=crops, triples=args.correction)
     writer = CodesWriter(
         args.output_dir, info, accelerator.process_index, accelerator.num_processes, args.rows_per_shard
     )
@@ -85,7 +93,7 @@ def main(argv=None) -> int:
         if args.max_images is not None and index >= args.max_images:
             break
         try:
-            pixels = image_crops(open_image(row["image"]), size, args.ten_crop).to(accelerator.device)
+            pixels = image_crops(open_image(row["image"]), size, args.ten_crop, args.mirror).to(accelerator.device)
         except DECODE_ERRORS as error:
             skipped.record(image_name({**row, "_row": index}), error)
             continue

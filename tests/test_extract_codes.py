@@ -81,3 +81,21 @@ def test_code_stream_picks_one_crop_per_access(extracted):
     ds = load_dataset("parquet", data_files=shard_files(extracted / "codes"), split="train").with_format("numpy")
     stored = {tuple(c[k, :, 0]) for c in ds["codes"] for k in range(2)}
     assert all(tuple(e["codes"][:, 0].tolist()) in stored for e in examples)
+
+
+def test_no_mirror_stores_only_the_unflipped_crops(extracted, tmp_path):
+    """`--no_mirror` (flags, text): 5 of the 10 crops with `--ten_crop`, the centre crop alone without."""
+    from PIL import Image
+
+    example = load_example("extract_codes")
+    image = Image.open(sorted((extracted / "images" / "train").rglob("[0-9].png"))[0]).convert("RGB")
+    torch.testing.assert_close(
+        example.image_crops(image, 32, True, mirror=False), example.image_crops(image, 32, True)[:5]
+    )
+    assert example.image_crops(image, 32, False, mirror=False).shape == (1, 3, 32, 32)
+    arguments = ["--tokenizer", str(extracted / "tokenizer"), "--train_data_dir", str(extracted / "images")]
+    assert example.main([*arguments, "--output_dir", str(tmp_path / "five"), "--ten_crop", "--no_mirror"]) == 0
+    assert example.main([*arguments, "--output_dir", str(tmp_path / "one"), "--no_mirror", "--no_correction"]) == 0
+    assert read_codes_info(tmp_path / "five").crops == 5
+    one = load_dataset("parquet", data_files=shard_files(tmp_path / "one"), split="train")
+    assert read_codes_info(tmp_path / "one").crops == 1 and one.features["codes"].shape == (1, 16, 1)

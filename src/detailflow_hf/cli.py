@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -167,7 +168,8 @@ def _generate(args) -> int:
     to_file = _check_output(output, len(labels), side, len(steps), args.progressive)
     (output.parent if to_file else output).mkdir(parents=True, exist_ok=True)
 
-    names = [pipe.labels.name(c).replace(" ", "_").replace("/", "_") for c in labels]
+    # file names: letters, digits, '-' and '_' only ("flag: United States" -> "flag_United_States")
+    names = [re.sub(r"[^\w-]+", "_", pipe.labels.name(c)).strip("_") for c in labels]
     cells, strips, written = [], [], []
     for batch, out in _in_batches(pipe, labels, args, num_tokens=args.num_tokens):
         for j, i in enumerate(batch):

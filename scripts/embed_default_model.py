@@ -33,7 +33,7 @@ def write_card(embedded: DetailFlowPipeline, results: dict, groups: Counter):
     description = (
         "DetailFlow-tiny, the model embedded in `detailflow_hf` (`detailflow_hf.DEFAULT_MODEL`): trained from "
         "scratch by this package's own training scripts (`bash scripts/train_default_model.sh`, seeded, about "
-        "75 minutes on a 2-core CPU) on the Noto Color Emoji font rendered at 32 px. One class per emoji, named "
+        "70 minutes on a 2-core CPU) on the Noto Color Emoji font rendered at 32 px. One class per emoji, named "
         f'by its Unicode name ({results["num_classes"]} classes: "red apple", "rocket", "cat face", ...); '
         f"{results['num_heldout_emoji']} emoji (every 10th of each Unicode group) are held out of all training "
         "to measure the tokenizer. The tokenizer (`scripts/configs/emoji_tokenizer.yaml`: MSE + VQ losses, "

@@ -177,13 +177,12 @@ def main(argv=None):
     # Generated: one image for each of num_samples random classes, image i seeded seed + i.
     classes = torch.from_numpy(rng.choice(num_classes, size=min(args.num_samples, num_classes), replace=False))
     sampling = asdict(pipe.sampling_params(**sampling_arguments(args)))
+    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(classes))]
     generated = torch.cat(
         [
             pipe(
                 class_labels=classes[start : start + 50].tolist(),
-                generator=[torch.Generator().manual_seed(args.seed + i) for i in range(start, start + 50)][
-                    : len(classes[start : start + 50])
-                ],
+                generator=generators[start : start + 50],
                 output_type="pt",
                 **sampling,
             ).images

@@ -22,9 +22,9 @@ import torch
 from accelerate import Accelerator
 
 from detailflow_hf import DetailFlowPipeline
-from detailflow_hf.adapters import set_classes
 from detailflow_hf.image_datasets import ImageFolderDataset
 from detailflow_hf.loading import load_pipeline
+from detailflow_hf.pipelines.adapters import set_classes
 from detailflow_hf.training.finetuning import add_finetune_args, encode_images, generator_loss, run_training
 
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from detailflow_hf import DetailFlowTokenizer, flags
 from detailflow_hf.image_datasets import class_names, load_image_stream
-from detailflow_hf.image_processing import center_crop_arr, open_image, ten_crop, to_tensor
+from detailflow_hf.pipelines.image_processing import center_crop_arr, open_image, ten_crop, to_tensor
 from detailflow_hf.training.arguments import add_dataset_args
 from detailflow_hf.training.codes import CodesWriter, codes_info_for, write_codes_info
 from detailflow_hf.training.data import DECODE_ERRORS, SkipCounter, image_name, split_for_process

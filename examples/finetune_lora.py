@@ -12,9 +12,12 @@ the new label set (the CFG null class kept last), is trained in full. For the re
 models (e.g. a converted DetailFlow-16), rank 8-32 and a few thousand steps at batch 32 suit a
 few hundred images per class.
 
-Writes `output_dir/adapter` (peft adapter + `id2label.json`), then reloads it on a fresh base,
-merges it (`merge_and_unload`) and saves `output_dir/merged`, a pipeline that loads with
-`DetailFlowPipeline.from_pretrained` and takes the new class names, plus `output_dir/samples.png`.
+Writes `output_dir/adapter` (`pipe.save_adapter`: the peft adapter, the class embedding with the new
+rows, `id2label.json` and a card naming the base), then reloads it on a fresh base
+(`pipe.load_adapter`, merged) and saves `output_dir/merged`, a pipeline that loads with
+`load_pipeline` and takes the new class names, plus `output_dir/samples.png`. Upload the adapter
+with `detailflow_hf.hub.push_folder(output_dir / "adapter", "me/my-lora")`; anyone then adapts the
+base with `load_pipeline(BASE).load_adapter("me/my-lora")`.
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ import torch
 from accelerate import Accelerator
 
 from detailflow_hf import flags
-from detailflow_hf.adapters import add_generator_lora, save_adapter, set_classes
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.image_datasets import ImageFolderDataset
-from detailflow_hf.image_processing import image_grid
 from detailflow_hf.loading import load_pipeline
+from detailflow_hf.pipelines.adapters import add_generator_lora, set_classes
+from detailflow_hf.pipelines.image_processing import image_grid
 from detailflow_hf.training.finetuning import add_finetune_args, encode_images, generator_loss, run_training
 
 
@@ -75,7 +78,8 @@ def main(argv=None) -> int:
     )
     if accelerator.is_main_process:
         output = Path(args.output_dir)
-        adapter = save_adapter(accelerator.unwrap_model(model), output / "adapter", base_model=str(args.model))
+        pipe.transformer = accelerator.unwrap_model(model)  # the peft model: the pipeline saves its adapter
+        adapter = pipe.save_adapter(output / "adapter", base_model=args.model)
         merged = load_pipeline(args.model).load_adapter(adapter)  # the base pipeline, adapted and merged
         merged.save_pretrained(output / "merged")
         merged.set_progress_bar_config(disable=True)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from detailflow_hf import DetailFlowPipeline, DetailFlowTokenizer, flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
+from detailflow_hf.hub import SAMPLE_GRID, pipeline_card, showcase_grid
 from detailflow_hf.models.sampling import SamplingParams
 from detailflow_hf.training.arguments import add_common_args, check_common_args, load_preset, make_accelerator
 from detailflow_hf.training.checkpointing import (
@@ -96,6 +97,30 @@ def resolve_preset(args):
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return preset_from_dict(values)
+
+
+def write_export(pipe, args, step: int):
+    """The final pipeline folder; for `--push_to_hub` also its card (README.md) and a sample grid."""
+    pipe.save_pretrained(args.output_dir)
+    if not args.push_to_hub:
+        return
+    pipe.set_progress_bar_config(disable=True)
+    showcase_grid(pipe, num_images=min(8, pipe.transformer.config.num_classes), seed=args.seed).save(
+        Path(args.output_dir) / SAMPLE_GRID
+    )
+    tokenizer_repo = args.tokenizer if not Path(args.tokenizer).exists() else None
+    card = pipeline_card(
+        pipe,
+        args.hub_model_id,
+        base_model=tokenizer_repo,
+        description=(
+            "A DetailFlow class-conditional generator trained with `detailflow_hf` (`examples/train_generator.py`) "
+            f"for {step} steps on the codes of the tokenizer `{args.tokenizer}`; EMA weights."
+        ),
+        sample_grid=SAMPLE_GRID,
+        remote_code=False,
+    )
+    card.save(Path(args.output_dir) / "README.md")
 
 
 def log_samples(accelerator, tokenizer, model, ema, step: int, args, num_classes: int):
@@ -195,7 +220,7 @@ def main(argv=None) -> TrainSummary:
     stats.write_text(json.dumps({"shards": sorted(shards_seen), "skipped": stream.skipped.count}))
     if step == preset.max_train_steps and accelerator.is_main_process:
         pipe = DetailFlowPipeline(vqvae=tokenizer, transformer=unwrapped)
-        export_with_ema(ema, unwrapped, lambda: pipe.save_pretrained(args.output_dir))
+        export_with_ema(ema, unwrapped, lambda: write_export(pipe, args, step))
         logger.info("exported the EMA pipeline to %s", args.output_dir)
         if args.push_to_hub:
             push_export(args.output_dir, args.hub_model_id)

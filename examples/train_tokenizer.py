@@ -21,8 +21,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from detailflow_hf import flags
+from detailflow_hf.hub import tokenizer_card
 from detailflow_hf.training.arguments import add_common_args, check_common_args, make_accelerator
-from detailflow_hf.training.checkpointing import load_checkpoint, resolve_resume, save_checkpoint
+from detailflow_hf.training.checkpointing import load_checkpoint, push_export, resolve_resume, save_checkpoint
 from detailflow_hf.training.data import build_train_stream, make_loader
 from detailflow_hf.training.tokenizer_training import (
     build_train_state,
@@ -119,7 +120,10 @@ def main(argv=None):
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and step >= max_steps:
-        tokenizer.save_pretrained(output_dir, push_to_hub=args.push_to_hub, repo_id=args.hub_model_id)
+        tokenizer.save_pretrained(output_dir)
+        if args.push_to_hub:
+            tokenizer_card(tokenizer, args.hub_model_id).save(Path(output_dir) / "README.md")
+            push_export(output_dir, args.hub_model_id)
         logger.info("exported the tokenizer to %s after %d steps", output_dir, step)
     accelerator.end_training()
     return step

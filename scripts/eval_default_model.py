@@ -34,8 +34,8 @@ from detailflow_hf import flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.evaluation.fid import FeatureStatistics, frechet_distance
 from detailflow_hf.evaluation.metrics import psnr_per_detail_level
-from detailflow_hf.image_processing import image_grid, to_tensor
 from detailflow_hf.loading import load_pipeline
+from detailflow_hf.pipelines.image_processing import image_grid, to_tensor
 
 JUDGE_SCALE, JUDGE_SHIFT = (0.85, 1.1), 3.0
 REFRAMED_SCALE, REFRAMED_SHIFT = (0.9, 1.1), 3.0

@@ -30,7 +30,7 @@ from PIL import Image
 import detailflow_hf
 from detailflow_hf import DetailFlowPipeline
 from detailflow_hf.evaluation import metrics
-from detailflow_hf.image_processing import open_image
+from detailflow_hf.pipelines.image_processing import open_image
 
 ROOT = Path(__file__).resolve().parents[1]
 

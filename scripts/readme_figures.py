@@ -16,7 +16,7 @@ import torch
 
 import detailflow_hf
 from detailflow_hf import DetailFlowPipeline, cli
-from detailflow_hf.image_processing import image_grid, open_image, upscale
+from detailflow_hf.pipelines.image_processing import image_grid, open_image, upscale
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "docs" / "images"

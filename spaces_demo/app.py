@@ -3,14 +3,16 @@ from an image, keep its coarse tokens and watch the detail regrow.
 
     python spaces_demo/app.py                      # serves on $GRADIO_SERVER_PORT (default 7860)
 
-The model comes from `DETAILFLOW_MODEL`: a pipeline folder or Hub repo id, or
-`original:TOKENIZER_REPO,GENERATOR_REPO` to convert a release on the fly (e.g.
-`original:ByteFlow-AI/DetailFlow-16,ByteFlow-AI/DetailFlow-16-GPT-L` on a GPU Space). Without it,
-the tiny model embedded in `detailflow_hf` runs on CPU.
+The model comes from `DETAILFLOW_MODEL`, else from `space_config.json` beside this file (written by
+`detailflow-hf space`): a pipeline folder or Hub repo id, or `original:TOKENIZER_REPO,GENERATOR_REPO`
+to convert a release on the fly (e.g. `original:ByteFlow-AI/DetailFlow-16,ByteFlow-AI/DetailFlow-16-GPT-L`
+on a GPU Space). Without either, the tiny model embedded in `detailflow_hf` runs on CPU. On ZeroGPU
+hardware (the `spaces` package present) every generation runs under `spaces.GPU`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import tempfile
@@ -23,16 +25,38 @@ import torch
 import detailflow_hf.loading
 from detailflow_hf import DetailFlowPipeline
 from detailflow_hf.flags import MAX_SEED
-from detailflow_hf.image_processing import open_image, upscale
+from detailflow_hf.pipelines.image_processing import open_image, upscale
 
+try:  # ZeroGPU Spaces provide `spaces`; elsewhere generation runs where the model is
+    import spaces
+
+    on_gpu = spaces.GPU
+except ImportError:
+
+    def on_gpu(handler):
+        return handler
+
+
+HERE = Path(__file__).resolve().parent
 DISPLAY_SIZE = 256
 CONCURRENCY = int(os.environ.get("DETAILFLOW_CONCURRENCY", "2"))
 
 
+def configured_model() -> str | None:
+    """`DETAILFLOW_MODEL`, else the model `space_config.json` names (a folder in it is relative to this file)."""
+    if os.environ.get("DETAILFLOW_MODEL"):
+        return os.environ["DETAILFLOW_MODEL"]
+    config = HERE / "space_config.json"
+    model = json.loads(config.read_text()).get("model") if config.is_file() else None
+    if model and (HERE / model).is_dir():
+        return str(HERE / model)
+    return model
+
+
 def load_pipeline(spec: str | None = None) -> DetailFlowPipeline:
-    """The pipeline named by `spec` or `DETAILFLOW_MODEL` (see the module docstring; none: the embedded
+    """The pipeline named by `spec` or `configured_model()` (see the module docstring; none: the embedded
     model), on GPU in bfloat16 when there is one."""
-    pipe = detailflow_hf.loading.load_pipeline(spec or os.environ.get("DETAILFLOW_MODEL") or None)
+    pipe = detailflow_hf.loading.load_pipeline(spec or configured_model())
     if torch.cuda.is_available():
         pipe.to("cuda")
         pipe.transformer.to(torch.bfloat16)
@@ -147,7 +171,7 @@ class Demo:
         )
 
 
-EXAMPLES = sorted(str(p) for p in (Path(__file__).resolve().parent / "examples").glob("*.png"))
+EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*.png"))
 
 
 def _class_guidance_seed(demo_state: Demo):
@@ -170,8 +194,8 @@ def _generate_tab(demo_state: Demo):
             image = gr.Image(label="Image", type="filepath", elem_id="result", format="png")
             gallery = gr.Gallery(label="Coarse to fine", columns=6, height="auto", elem_id="gallery")
     inputs = [class_label, guidance, seed, detail]
-    button.click(demo_state.generate_progressive, inputs, [image, gallery], api_name="generate_progressive")
-    gr.Button(visible=False).click(demo_state.generate, inputs, image, api_name="generate")
+    button.click(on_gpu(demo_state.generate_progressive), inputs, [image, gallery], api_name="generate_progressive")
+    gr.Button(visible=False).click(on_gpu(demo_state.generate), inputs, image, api_name="generate")
 
 
 def _vary_tab(demo_state: Demo):
@@ -198,10 +222,10 @@ def _vary_tab(demo_state: Demo):
             image = gr.Image(label="Image", type="filepath", elem_id="vary-result", format="png")
             gallery = gr.Gallery(label="Kept, then coarse to fine", columns=6, height="auto", elem_id="vary-gallery")
     inputs = [source, keep, class_label, guidance, seed]
-    button.click(demo_state.vary_progressive, inputs, [image, gallery], api_name="vary_progressive")
+    button.click(on_gpu(demo_state.vary_progressive), inputs, [image, gallery], api_name="vary_progressive")
     keep_tokens = gr.Number(visible=False, precision=0)  # the API takes a token count, not a slider position
     api_inputs = [source, keep_tokens, class_label, guidance, seed]
-    gr.Button(visible=False).click(demo_state.vary, api_inputs, image, api_name="vary")
+    gr.Button(visible=False).click(on_gpu(demo_state.vary), api_inputs, image, api_name="vary")
 
 
 def build_demo(pipe: DetailFlowPipeline | None = None) -> gr.Blocks:

@@ -145,3 +145,5 @@ def test_card_and_convert(converted_dir, fixture_dir, tmp_path):
     )
     assert code.returncode == 0, code.stderr
     assert (tmp_path / "c" / "pipeline_detailflow.py").is_file()
+    card = (tmp_path / "c" / "README.md").read_text()  # local sources: named in the text, no base_model
+    assert "base_model" not in card and f"`{fixture_dir / 'ar'}` (generator)" in card and "Parity:" in card

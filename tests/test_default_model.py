@@ -14,7 +14,7 @@ from PIL import Image
 import detailflow_hf
 from detailflow_hf import DetailFlowPipeline
 from detailflow_hf.evaluation.metrics import psnr_per_detail_level
-from detailflow_hf.image_processing import to_tensor
+from detailflow_hf.pipelines.image_processing import to_tensor
 
 HELDOUT = Path(__file__).parent / "fixtures" / "emoji_heldout"
 REFRAMED = Path(__file__).parent / "fixtures" / "emoji_heldout_reframed"

@@ -48,7 +48,7 @@ def test_extraction_writes_triples_for_every_good_image(extracted):
 def test_extracted_clean_codes_match_the_tokenizer(extracted):
     from PIL import Image
 
-    from detailflow_hf.image_processing import center_crop_arr, to_tensor
+    from detailflow_hf.pipelines.image_processing import center_crop_arr, to_tensor
 
     tok = tiny_tokenizer()
     ds = load_dataset("parquet", data_files=shard_files(extracted / "codes"), split="train").with_format("numpy")

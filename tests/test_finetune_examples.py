@@ -8,7 +8,7 @@ import torch
 
 import detailflow_hf
 from detailflow_hf import DetailFlowForImageGeneration, DetailFlowPipeline, DetailFlowTokenizer
-from detailflow_hf.adapters import load_adapter, set_classes
+from detailflow_hf.pipelines.adapters import load_adapter, set_classes
 from tests.image_folder import CLASSES, load_example, write_image_folder
 
 

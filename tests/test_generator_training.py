@@ -329,3 +329,25 @@ def test_a_checkpoint_carrying_a_pickle_payload_is_refused(codes_dir, tmp_path, 
     with pytest.raises(ValueError, match=rf"{name} is not a safe state file .*refusing to load it"):
         train(codes_dir, out, "--resume_from_checkpoint", "latest")
     assert not ran.exists()
+
+
+def test_push_to_hub_uploads_the_export_with_its_card_and_samples(codes_dir, tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard
+    from PIL import Image
+
+    import detailflow_hf.hub
+
+    from .hub_cache import FakeHubApi
+
+    api = FakeHubApi(tmp_path / "hub")
+    monkeypatch.setattr(detailflow_hf.hub, "HfApi", lambda: api)
+    train(codes_dir, tmp_path / "out", "--push_to_hub", "--hub_model_id", "me/tiny-generator")
+    repo = tmp_path / "hub" / "me" / "tiny-generator"
+    uploaded = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()}
+    assert {"model_index.json", "README.md", "samples.png", "transformer/model.safetensors"} <= uploaded
+    assert not any(name.startswith(("checkpoints/", "samples/", "logs/", "data_stats/")) for name in uploaded)
+    card = ModelCard.load(repo / "README.md")
+    assert card.data.library_name == "diffusers" and card.data.base_model is None  # a local tokenizer
+    assert "for 12 steps on the codes of the tokenizer" in card.text and "![samples](samples.png)" in card.text
+    assert "| sampling defaults (`generation_config.json`) | guidance" in card.text
+    assert Image.open(repo / "samples.png").size == (3 * 32, 32)  # one sample per class (3) at 32 px

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from detailflow_hf.cli import main
-from detailflow_hf.image_processing import MAX_IMAGE_PIXELS, open_image
+from detailflow_hf.pipelines.image_processing import MAX_IMAGE_PIXELS, open_image
 
 from .image_folder import load_example
 

@@ -1,30 +1,16 @@
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from detailflow_hf import DetailFlowPipeline
-from detailflow_hf.hub import pipeline_card, push_model, save_with_code
+from detailflow_hf import DetailFlowPipeline, load_pipeline
+from detailflow_hf.hub import pipeline_card, push_model, push_pipeline, save_with_code
 
-
-class FakeHubApi:
-    """Records what an upload would send and lays the files out like a repo on disk."""
-
-    def __init__(self, root: Path):
-        self.root, self.calls = root, []
-
-    def create_repo(self, repo_id, private=None, exist_ok=False, **kwargs):
-        self.calls.append(("create_repo", repo_id, private, exist_ok))
-        (self.root / repo_id).mkdir(parents=True, exist_ok=True)
-
-    def upload_folder(self, repo_id, folder_path, commit_message=None, create_pr=False, **kwargs):
-        self.calls.append(("upload_folder", repo_id, commit_message, create_pr))
-        shutil.copytree(folder_path, self.root / repo_id, dirs_exist_ok=True)
-        return f"https://example.invalid/{repo_id}/commit/0"
+from .hub_cache import FakeHubApi
 
 
 def files(folder: Path) -> set[str]:
@@ -33,7 +19,7 @@ def files(folder: Path) -> set[str]:
 
 def test_pipeline_push_writes_weights_code_and_card(pipe, tmp_path, expected):
     api = FakeHubApi(tmp_path)
-    url = pipe.push_to_hub("me/detailflow-tiny", api=api, private=True)
+    url = push_pipeline(pipe, "me/detailflow-tiny", api=api, private=True)
     assert url.endswith("/commit/0")
     assert api.calls[0] == ("create_repo", "me/detailflow-tiny", True, True)
     repo = tmp_path / "me" / "detailflow-tiny"
@@ -56,11 +42,11 @@ def test_pipeline_push_writes_weights_code_and_card(pipe, tmp_path, expected):
     card = ModelCard.load(repo / "README.md")
     assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "unconditional-image-generation"
     assert "arxiv:2505.21473" in card.data.tags and "class-conditional" in card.data.tags
-    assert 'DetailFlowPipeline.from_pretrained("me/detailflow-tiny")' in card.text
+    assert 'load_pipeline("me/detailflow-tiny")' in card.text
     index = json.loads((repo / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_detailflow", "DetailFlowPipeline"]
     # the uploaded folder loads back with this package's classes
-    loaded = DetailFlowPipeline.from_pretrained(repo)
+    loaded = load_pipeline(repo)
     assert type(loaded.vqvae).__module__ == "detailflow_hf.models.tokenizer"
     assert torch.equal(
         loaded(class_labels=expected["ar.labels"], top_k=1, output_type="pt").token_ids, expected["ar.greedy.cfg1.5"]
@@ -98,3 +84,100 @@ def test_card_for_imagenet_models_names_the_dataset(imagenet_pipe):
     card = pipeline_card(imagenet_pipe, "me/df", sample_grid="grid.png", results={"gFID": "2.96"})
     assert card.data.datasets == ["ILSVRC/imagenet-1k"] and "imagenet" in card.data.tags
     assert "![samples](grid.png)" in card.text and "| gFID | 2.96 |" in card.text
+
+
+def test_publish_converts_a_release_and_uploads_it_with_a_full_card(
+    fixture_dir, architecture, expected, tmp_path, monkeypatch, capsys
+):
+    import detailflow_hf.hub
+    from detailflow_hf.cli import main
+
+    from .hub_cache import add_snapshot
+
+    add_snapshot("ByteFlow-AI/DetailFlow-tiny", fixture_dir / "tokenizer")
+    add_snapshot("ByteFlow-AI/DetailFlow-tiny-GPT-L", fixture_dir / "ar")
+    api = FakeHubApi(tmp_path / "hub")
+    monkeypatch.setattr(detailflow_hf.hub, "HfApi", lambda: api)
+    (tmp_path / "arch.json").write_text(json.dumps(architecture))
+    (tmp_path / "results.json").write_text(json.dumps({"gFID (50k)": 2.96, "IS": 274.3}))
+    argv = [
+        "publish",
+        "--tokenizer",
+        "ByteFlow-AI/DetailFlow-tiny",
+        "--generator",
+        "ByteFlow-AI/DetailFlow-tiny-GPT-L",
+    ]
+    argv += ["--repo-id", "me/detailflow-tiny", "--tokenizer-architecture", str(tmp_path / "arch.json")]
+    argv += ["--results", str(tmp_path / "results.json"), "--num-samples", "4", "--private"]
+    assert main(argv) == 0
+    assert "published me/detailflow-tiny" in capsys.readouterr().out
+    assert api.calls[0] == ("create_repo", "me/detailflow-tiny", True, True)
+    assert api.calls[1][2] == "Convert ByteFlow-AI/DetailFlow-tiny + ByteFlow-AI/DetailFlow-tiny-GPT-L"
+    repo = tmp_path / "hub" / "me" / "detailflow-tiny"
+    assert {"README.md", "samples.png", "model_index.json", "pipeline_detailflow.py", "vqvae/schedule.py"} <= files(
+        repo
+    )
+    card = ModelCard.load(repo / "README.md")
+    assert card.data.base_model == ["ByteFlow-AI/DetailFlow-tiny", "ByteFlow-AI/DetailFlow-tiny-GPT-L"]
+    assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "unconditional-image-generation"
+    loaded = load_pipeline(repo)
+    sampling = loaded.sampling_params()
+    assert f"| sampling defaults (`generation_config.json`) | guidance {sampling.guidance_scale}" in card.text
+    assert "Parity: the weights are the release's own" in card.text and "![samples](samples.png)" in card.text
+    assert "| gFID (50k) | 2.96 |" in card.text and "| IS | 274.3 |" in card.text
+    from PIL import Image
+
+    assert Image.open(repo / "samples.png").size == (4 * 64, 64)  # 4 samples of the 64 px model in a row
+    assert torch.equal(
+        loaded(class_labels=expected["ar.labels"], top_k=1, output_type="pt").token_ids, expected["ar.greedy.cfg1.5"]
+    )
+
+
+def test_publish_reports_a_bad_results_file_in_one_line(tmp_path, capsys):
+    from detailflow_hf.cli import main
+
+    (tmp_path / "results.json").write_text("[1, 2]")
+    argv = ["publish", "--tokenizer", "a/b", "--generator", "a/c", "--repo-id", "me/x"]
+    assert main(argv + ["--results", str(tmp_path / "results.json")]) == 2
+    assert "expected a JSON object of metric: value" in capsys.readouterr().err
+
+
+def test_loading_arguments_are_honoured_or_refused(pipe, tmp_path):
+    save_with_code(pipe, tmp_path / "export")
+    loaded = load_pipeline(tmp_path / "export", dtype=torch.float64)
+    assert loaded.vqvae.dtype == loaded.transformer.dtype == torch.float64
+    with pytest.raises(
+        ValueError, match="loads with dtype, torch_dtype, variant, vqvae, transformer only; got device_map"
+    ):
+        load_pipeline(tmp_path / "export", device_map="cpu")
+    with pytest.raises(ValueError, match="revision apply to Hub repos, and this is a local folder"):
+        load_pipeline(tmp_path / "export", revision="main")
+    pipe.save_pretrained(tmp_path / "fp16", variant="fp16")
+    assert load_pipeline(tmp_path / "fp16", variant="fp16").transformer.config.num_classes == 10
+
+
+def test_adapter_round_trip_through_the_hub(pipe, tmp_path):
+    from detailflow_hf.hub import push_folder
+    from detailflow_hf.pipelines.adapters import add_generator_lora, set_classes
+
+    from .hub_cache import add_snapshot
+
+    pipe.save_pretrained(tmp_path / "base")
+    base = load_pipeline(tmp_path / "base")
+    set_classes(base.transformer, ["ring", "star"], keep_existing=False)
+    adapted = DetailFlowPipeline(vqvae=base.vqvae, transformer=add_generator_lora(base.transformer, rank=2))
+    with torch.no_grad():
+        for name, param in adapted.transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    adapted.save_adapter(tmp_path / "adapter", base_model="me/detailflow-tiny")
+    api = FakeHubApi(tmp_path / "hub")
+    push_folder(tmp_path / "adapter", "me/tiny-lora", api=api)
+    card = ModelCard.load(tmp_path / "hub" / "me" / "tiny-lora" / "README.md")
+    assert card.data.library_name == "peft" and card.data.base_model == "me/detailflow-tiny"
+    add_snapshot("me/tiny-lora", tmp_path / "hub" / "me" / "tiny-lora")
+    reloaded = load_pipeline(tmp_path / "base").load_adapter("me/tiny-lora")
+    assert reloaded.id2label == {0: "ring", 1: "star"} and reloaded.get_label_ids("star") == [1]
+    a = adapted(class_labels=["star"], top_k=1, output_type="pt").token_ids
+    b = reloaded(class_labels=["star"], top_k=1, output_type="pt").token_ids
+    assert torch.equal(a, b)

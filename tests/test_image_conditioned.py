@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detailflow_hf.image_processing import center_crop_arr, to_tensor
+from detailflow_hf.pipelines.image_processing import center_crop_arr, to_tensor
 
 
 @pytest.fixture(scope="module")

@@ -77,3 +77,36 @@ def test_no_import_cycles_between_modules():
     for node in edges:
         if node not in state:
             visit(node, [node])
+
+
+def test_no_module_imports_a_package_module_by_string():
+    """`importlib.import_module("detailflow_hf...")` or `__import__` would hide an edge from the checks above."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+                continue
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+            target = str(node.args[0].value)
+            if name in ("import_module", "__import__") and (target.startswith(("detailflow_hf", "."))):
+                found.append(f"{path.relative_to(PACKAGE)}: {name}({target!r})")
+    assert not found, found
+
+
+def test_exported_code_is_copied_verbatim_and_each_folder_is_self_contained():
+    """The remote-code loaders of diffusers and transformers follow `from .x import` inside one folder
+    only: every file of the export manifest imports only package files exported beside it."""
+    from detailflow_hf.hub import CODE_FILES
+
+    exported = {destination: source for source, destination in CODE_FILES}
+    for destination, source in exported.items():
+        folder = destination.rpartition("/")[0]
+        source_folder = source.rpartition("/")[0]
+        for node in ast.walk(ast.parse((PACKAGE / source).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("detailflow_hf"):
+                raise AssertionError(f"{source} imports {node.module} by absolute name")
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1, f"{source}: 'from {'.' * node.level}{node.module}' leaves its folder"
+                sibling = f"{source_folder}/{node.module}.py".lstrip("/")
+                beside = f"{folder}/{node.module}.py".lstrip("/")
+                assert exported.get(beside) == sibling, f"{source} imports .{node.module}: not exported as {beside}"

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detailflow_hf import DetailFlowPipeline
+from detailflow_hf import DetailFlowPipeline, load_pipeline
 from detailflow_hf.pipelines.labels import IMAGENET_CLASSES, imagenet_id2label
 
 from .hub_cache import add_snapshot
@@ -159,14 +159,14 @@ def test_from_original_converts_once_offline(fixture_dir, architecture, expected
     real = original.convert_release
     monkeypatch.setattr(original, "convert_release", lambda *a, **k: calls.append(a) or real(*a, **k))
     for _ in range(2):
-        pipe = DetailFlowPipeline.from_original(
+        pipe = original.load_original(
             "ByteFlow-AI/DetailFlow-tiny", "ByteFlow-AI/DetailFlow-tiny-GPT-L", tokenizer_architecture=architecture
         )
         assert torch.equal(
             pipe(class_labels=expected["ar.labels"], top_k=1, output_type="pt").token_ids, expected["ar.greedy.cfg1.5"]
         )
     assert len(calls) == 1  # the second call loads the cached conversion
-    local = DetailFlowPipeline.from_original(
+    local = original.load_original(
         fixture_dir / "tokenizer", fixture_dir / "ar", tokenizer_architecture=architecture, cache_dir=tmp_path
     )
     assert (next(tmp_path.iterdir()) / "model_index.json").is_file() and len(calls) == 2
@@ -184,7 +184,7 @@ def test_dtype_on_load(pipe, tmp_path, expected, export):
     from detailflow_hf.hub import save_with_code
 
     (save_with_code if export else type(pipe).save_pretrained)(pipe, tmp_path)
-    loaded = DetailFlowPipeline.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    loaded = load_pipeline(tmp_path, dtype=torch.bfloat16)
     assert loaded.vqvae.dtype == loaded.transformer.dtype == torch.bfloat16
     out = loaded(class_labels=expected["ar.labels"], top_k=1, output_type="pt")
     assert out.images.dtype == torch.float32 and out.images.shape == (3, 3, 64, 64)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from detailflow_hf.schedule import ResolutionSchedule
+from detailflow_hf.models.schedule import ResolutionSchedule
 
 
 def tiny() -> ResolutionSchedule:

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from transformers import Siglip2VisionConfig, Siglip2VisionModel
 
 from detailflow_hf import DetailFlowTokenizer
-from detailflow_hf.image_processing import center_crop_arr, to_tensor
-from detailflow_hf.schedule import ResolutionSchedule
+from detailflow_hf.models.schedule import ResolutionSchedule
+from detailflow_hf.pipelines.image_processing import center_crop_arr, to_tensor
 from detailflow_hf.training.degradation import (
     degrade,
     degraded_target,
@@ -271,7 +271,22 @@ def test_script_resume_is_exact_and_export_loads(tmp_path, image_dir, monkeypatc
     first = run_script(monkeypatch, common + ["--output_dir", str(tmp_path / "b"), "--stop_after_steps", "3"])
     assert sorted(first) == [1, 2, 3] and not (tmp_path / "b" / "config.json").exists()  # no export yet
     resume = ["--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", "latest"]
-    second = run_script(monkeypatch, common + resume)
+    from huggingface_hub import ModelCard
+
+    import detailflow_hf.hub
+
+    from .hub_cache import FakeHubApi
+
+    api = FakeHubApi(tmp_path / "hub")
+    monkeypatch.setattr(detailflow_hf.hub, "HfApi", lambda: api)
+    second = run_script(monkeypatch, common + resume + ["--push_to_hub", "--hub_model_id", "me/tiny-tokenizer"])
+    # the export went up with its card, without checkpoints or samples
+    repo = tmp_path / "hub" / "me" / "tiny-tokenizer"
+    uploaded = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file())
+    assert uploaded == ["README.md", "config.json", "diffusion_pytorch_model.safetensors", "training_config.json"]
+    card = ModelCard.load(repo / "README.md")
+    assert card.data.library_name == "diffusers" and "image-tokenization" in card.data.tags
+    assert 'DetailFlowTokenizer.from_pretrained("me/tiny-tokenizer")' in card.text
     assert sorted(second) == [4, 5, 6]
     resumed = {**first, **second}
     for step in range(1, 7):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from detailflow_hf.image_datasets import class_names, load_image_stream
-from detailflow_hf.image_processing import center_crop_arr, random_crop_arr, ten_crop, to_tensor
+from detailflow_hf.pipelines.image_processing import center_crop_arr, random_crop_arr, ten_crop, to_tensor
 from detailflow_hf.training.data import ImageTransform, build_train_stream, make_loader
 from tests.image_folder import CLASSES, write_image_folder
 

@@ -4,11 +4,12 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModel
 
+from .loading import load_pipeline, load_tokenizer
 from .models.configuration_ar import DetailFlowARConfig
 from .models.modeling_ar import DetailFlowARModel, DetailFlowForImageGeneration, DetailFlowGenerationOutput
+from .models.schedule import ResolutionSchedule
 from .models.tokenizer import DetailFlowEncoderOutput, DetailFlowTokenizer
 from .pipelines.pipeline_detailflow import DetailFlowPipeline
-from .schedule import ResolutionSchedule
 
 AutoConfig.register("detailflow_ar", DetailFlowARConfig, exist_ok=True)
 AutoModel.register(DetailFlowARConfig, DetailFlowForImageGeneration, exist_ok=True)
@@ -29,4 +30,6 @@ __all__ = [
     "DetailFlowPipeline",
     "DetailFlowTokenizer",
     "ResolutionSchedule",
+    "load_pipeline",
+    "load_tokenizer",
 ]

@@ -1,4 +1,5 @@
-"""`detailflow-hf`: generate, vary an image, convert, reconstruct, write model cards, evaluate.
+"""`detailflow-hf`: generate, vary an image, convert, reconstruct, publish a release, write model cards,
+build a Space, evaluate.
 
 Thin: parse, call, report."""
 
@@ -115,7 +116,7 @@ def _in_batches(pipe, labels: list[int], args, **kwargs):
 
 
 def _read_image(path_arg: str):
-    from .image_processing import open_image
+    from .pipelines.image_processing import open_image
 
     path = Path(path_arg)
     if not path.is_file():
@@ -156,7 +157,7 @@ def _check_output(output: Path, count: int, side: int, steps: int, progressive: 
 
 
 def _generate(args) -> int:
-    from .image_processing import image_grid, progressive_strip, upscale
+    from .pipelines.image_processing import image_grid, progressive_strip, upscale
 
     pipe = _load_pipeline(args.model, args.device)
     pipe.set_progress_bar_config(disable=True)
@@ -217,7 +218,7 @@ def _add_vary(subparsers):
 def _vary(args) -> int:
     from PIL import Image
 
-    from .image_processing import image_grid, progressive_strip, upscale
+    from .pipelines.image_processing import image_grid, progressive_strip, upscale
 
     output = Path(args.output)
     if output.suffix.lower() not in IMAGE_SUFFIXES or output.is_dir():
@@ -277,26 +278,79 @@ def _add_convert(subparsers):
 
 
 def _convert(args) -> int:
+    """The converted pipeline folder, with a card naming its sources (`release_card`)."""
     from .conversion.original import convert_release
 
     architecture = None
     if args.tokenizer_architecture:
         architecture = json.loads(Path(args.tokenizer_architecture).read_text())
+    from .hub import release_card, write_pipeline_folder
+
     pipe = convert_release(
         args.tokenizer,
         args.generator,
-        None if args.with_code else args.output,
         tokenizer_architecture=architecture,
         use_ema=args.use_ema,
         tokenizer_checkpoint=args.tokenizer_checkpoint,
         generator_checkpoint=args.generator_checkpoint,
         sampling=sampling_arguments(args),
     )
-    if args.with_code:
-        from .hub import save_with_code
-
-        save_with_code(pipe, args.output)
+    card = release_card(
+        pipe, Path(args.output).name, args.tokenizer, args.generator, use_ema=args.use_ema, remote_code=args.with_code
+    )
+    write_pipeline_folder(pipe, args.output, card, include_code=args.with_code)
     print(f"wrote {args.output}")
+    return 0
+
+
+# -- publish ----------------------------------------------------------------------------------------
+def _add_publish(subparsers):
+    p = subparsers.add_parser(
+        "publish", help="convert an original release and upload it as a ready-to-load Hub repo with a full card"
+    )
+    p.add_argument(
+        "--tokenizer", required=True, help="tokenizer release: Hub repo id (e.g. ByteFlow-AI/DetailFlow-16)"
+    )
+    p.add_argument("--generator", required=True, help="generator release: Hub repo id (e.g. ...-16-GPT-L)")
+    p.add_argument("--repo-id", required=True, help="the repo to create or update (OWNER/NAME)")
+    p.add_argument(
+        "--tokenizer-architecture", help="JSON file with the encoder/decoder shapes (default: the release's)"
+    )
+    p.add_argument(
+        "--use-ema", action=argparse.BooleanOptionalAction, default=True, help="generator EMA weights (default)"
+    )
+    p.add_argument("--results", help="JSON file of measured numbers for the card ({metric: value})")
+    p.add_argument("--num-samples", type=flags.int_range(0, 64, "a sample count"), default=8, help="0: no grid")
+    p.add_argument("--device", default="cpu", help="where the sample grid is generated")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    p.add_argument("--no-code", action="store_true", help="weights and card only (loading then needs this package)")
+    p.set_defaults(func=_publish)
+
+
+def _publish(args) -> int:
+    from .hub import publish_release
+
+    architecture = json.loads(Path(args.tokenizer_architecture).read_text()) if args.tokenizer_architecture else None
+    results = None
+    if args.results:
+        results = json.loads(Path(args.results).read_text())
+        if not isinstance(results, dict):
+            raise UsageError(f"--results {args.results}: expected a JSON object of metric: value.")
+    result = publish_release(
+        args.tokenizer,
+        args.generator,
+        args.repo_id,
+        tokenizer_architecture=architecture,
+        use_ema=args.use_ema,
+        results=results,
+        num_samples=args.num_samples,
+        device=args.device,
+        include_code=not args.no_code,
+        private=args.private or None,
+        create_pr=args.create_pr,
+    )
+    print(f"published {args.repo_id}: {result}")
     return 0
 
 
@@ -312,7 +366,7 @@ def _add_reconstruct(subparsers):
 
 def _reconstruct(args) -> int:
     from .evaluation.metrics import prefix_reconstructions, psnr
-    from .image_processing import image_grid
+    from .pipelines.image_processing import image_grid
 
     pipe = _load_pipeline(args.model, args.device)
     image = _read_image(args.image)
@@ -348,6 +402,28 @@ def _card(args) -> int:
     output = Path(args.output) if args.output else Path(args.model) / "README.md"
     card.save(output)
     print(f"wrote {output}")
+    return 0
+
+
+# -- space ------------------------------------------------------------------------------------------
+def _add_space(subparsers):
+    from .space import HARDWARE
+
+    p = subparsers.add_parser("space", help="write a deployable Hugging Face Space folder (app, code, requirements)")
+    p.add_argument("output", help="a new (or empty) folder")
+    p.add_argument(
+        "--model",
+        help="pipeline folder, Hub repo id or original:TOKENIZER,GENERATOR (default: the embedded model)",
+    )
+    p.add_argument("--hardware", default="cpu-basic", choices=HARDWARE, help="the README's suggested hardware")
+    p.set_defaults(func=_space)
+
+
+def _space(args) -> int:
+    from .space import build_space
+
+    folder = build_space(args.output, model=args.model, hardware=args.hardware)
+    print(f"wrote {folder}: push it to a Space repo (e.g. `hf upload --repo-type space OWNER/NAME {folder}`)")
     return 0
 
 
@@ -399,8 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_generate,
         _add_vary,
         _add_convert,
+        _add_publish,
         _add_reconstruct,
         _add_card,
+        _add_space,
         _add_eval_generation,
         _add_eval_tokenizer,
     ):

@@ -1,13 +1,14 @@
-"""Hub integration: model cards, pipeline folders that carry their own code, and uploads.
+"""Hub integration: model cards, pipeline folders that carry their own code (written from an explicit
+file manifest, and loaded back with this package's classes), uploads, and publishing converted releases.
 
-Uploads go through an `HfApi`-like object (`create_repo`, `upload_folder`), so tests and offline
-users can pass their own.
+Uploads go through `push_folder` and an `HfApi`-like object (`create_repo`, `upload_folder`), so tests
+and offline users can pass their own.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,21 +16,23 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 
 PACKAGE = Path(__file__).resolve().parent
 PAPER = "https://arxiv.org/abs/2505.21473"
+SAMPLE_GRID = "samples.png"
 TAGS = ["detailflow", "class-conditional", "autoregressive", "next-detail-prediction", "arxiv:2505.21473"]
 
-# Remote-code layout: (source file in this package, destination in the exported folder). Parent-package
-# imports become sibling imports so each folder is self-contained for diffusers' dynamic modules.
+# Remote-code layout: (file in this package, its place in an exported folder). Each file is copied
+# verbatim: the files of one folder import only each other (`from .x import`), which is what diffusers'
+# and transformers' dynamic-module loaders follow, so every exported folder is self-contained.
 CODE_FILES = [
     ("pipelines/pipeline_detailflow.py", "pipeline_detailflow.py"),
     ("pipelines/labels.py", "labels.py"),
-    ("image_processing.py", "image_processing.py"),
-    ("adapters.py", "adapters.py"),
+    ("pipelines/image_processing.py", "image_processing.py"),
+    ("pipelines/adapters.py", "adapters.py"),
     ("models/tokenizer.py", "vqvae/detailflow_tokenizer.py"),
-    ("schedule.py", "vqvae/schedule.py"),
+    ("models/schedule.py", "vqvae/schedule.py"),
     ("models/modeling_ar.py", "transformer/modeling_detailflow_ar.py"),
     ("models/configuration_ar.py", "transformer/configuration_ar.py"),
     ("models/sampling.py", "transformer/sampling.py"),
-    ("schedule.py", "transformer/schedule.py"),
+    ("models/schedule.py", "transformer/schedule.py"),
 ]
 CODE_MODEL_INDEX = {
     "_class_name": ["pipeline_detailflow", "DetailFlowPipeline"],
@@ -44,9 +47,9 @@ def _usage(source: str, class_labels: str, guidance_scale: float, remote_code: b
     imports = "import detailflow_hf\n" if source.startswith("detailflow_hf.") else ""
     usage = f"""```python
 import torch
-{imports}from detailflow_hf import DetailFlowPipeline
+{imports}from detailflow_hf import load_pipeline
 
-pipe = DetailFlowPipeline.from_pretrained({source})
+pipe = load_pipeline({source})
 out = pipe(class_labels={class_labels}, guidance_scale={guidance_scale}, generator=torch.Generator().manual_seed(0),
            return_intermediates=True)
 out.images[0].save("sample.png")          # full detail
@@ -196,10 +199,6 @@ ids = gpt.generate([207])  # (1, {model.config.num_tokens}) ids, guidance {model
 
 
 # -- folders with code --------------------------------------------------------------------------------
-def _sibling_imports(source: str) -> str:
-    return re.sub(r"^(\s*)from \.\.(\w+) import", r"\1from .\2 import", source, flags=re.MULTILINE)
-
-
 def save_with_code(pipe, folder: str | Path, card: ModelCard | None = None) -> Path:
     """Save `pipe` so that stock diffusers loads it with `trust_remote_code=True`: the weights, the
     model and pipeline code (self-contained per folder), `id2label` written out, and a card."""
@@ -208,7 +207,7 @@ def save_with_code(pipe, folder: str | Path, card: ModelCard | None = None) -> P
     for source, destination in CODE_FILES:
         target = folder / destination
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(_sibling_imports((PACKAGE / source).read_text()))
+        shutil.copyfile(PACKAGE / source, target)
     index_path = folder / "model_index.json"
     index = json.loads(index_path.read_text())
     index.update(CODE_MODEL_INDEX)
@@ -225,13 +224,76 @@ def save_with_code(pipe, folder: str | Path, card: ModelCard | None = None) -> P
     return folder
 
 
+def is_code_export(model_index: dict) -> bool:
+    """Whether a pipeline's `model_index.json` is that of a folder saved with its code (`save_with_code`)."""
+    return model_index.get("_class_name") == CODE_MODEL_INDEX["_class_name"]
+
+
+CODE_EXPORT_LOADING_ARGS = ("dtype", "torch_dtype", "variant", "vqvae", "transformer")
+
+
+def load_code_export(folder: str | Path, **kwargs):
+    """Load a folder saved by `save_with_code` with this package's classes (no remote code).
+
+    Accepts `dtype` (or `torch_dtype`), `variant` and ready `vqvae`/`transformer` components; any other
+    argument is a `ValueError` naming it, never silently dropped."""
+    from .models import DetailFlowForImageGeneration, DetailFlowTokenizer
+    from .pipelines.pipeline_detailflow import DetailFlowPipeline
+
+    unknown = sorted(set(kwargs) - set(CODE_EXPORT_LOADING_ARGS))
+    if unknown:
+        raise ValueError(
+            f"{folder}: a pipeline saved with its code loads with {', '.join(CODE_EXPORT_LOADING_ARGS)} only; "
+            f"got {', '.join(unknown)}."
+        )
+    folder = Path(folder)
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    variant = kwargs.get("variant")
+    vqvae = kwargs.get("vqvae") or DetailFlowTokenizer.from_pretrained(
+        folder, subfolder="vqvae", dtype=dtype, variant=variant
+    )
+    transformer = kwargs.get("transformer") or DetailFlowForImageGeneration.from_pretrained(
+        folder / "transformer", dtype=dtype, variant=variant
+    )
+    id2label = json.loads((folder / "model_index.json").read_text()).get("id2label")
+    return DetailFlowPipeline(vqvae=vqvae.eval(), transformer=transformer.eval(), id2label=id2label)
+
+
 # -- uploads ------------------------------------------------------------------------------------------
-def _upload(folder: Path, repo_id: str, api, private: bool | None, commit_message: str, create_pr: bool):
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    api=None,
+    private: bool | None = None,
+    commit_message: str = "Upload DetailFlow model",
+    create_pr: bool = False,
+    ignore_patterns: list[str] | None = None,
+):
+    """Create `repo_id` if needed and upload `folder` to it; every upload of this package goes through here."""
     api = api or HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
     return api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, create_pr=create_pr
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message=commit_message,
+        create_pr=create_pr,
+        ignore_patterns=ignore_patterns,
     )
+
+
+def write_pipeline_folder(pipe, folder: str | Path, card: ModelCard, include_code: bool = True, sample_grid=None):
+    """A pipeline folder as uploaded: weights, the code (`include_code`), the card and its sample grid
+    (a PIL image saved as `samples.png`, which the card should name)."""
+    folder = Path(folder)
+    if include_code:
+        save_with_code(pipe, folder, card)
+    else:
+        pipe.save_pretrained(folder)
+        card.save(folder / "README.md")
+    if sample_grid is not None:
+        sample_grid.save(folder / SAMPLE_GRID)
+    return folder
 
 
 def push_pipeline(
@@ -244,17 +306,15 @@ def push_pipeline(
     commit_message: str = "Upload DetailFlow pipeline",
     create_pr: bool = False,
     card: ModelCard | None = None,
+    sample_grid=None,
 ):
-    """Upload a pipeline folder (with its code by default, and a model card) to `repo_id`."""
-    card = card or pipeline_card(pipe, repo_id)
+    """Upload a pipeline folder (with its code by default, a model card and an optional sample grid) to `repo_id`."""
+    card = card or pipeline_card(pipe, repo_id, sample_grid=SAMPLE_GRID if sample_grid is not None else None)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        if include_code:
-            save_with_code(pipe, folder, card)
-        else:
-            pipe.save_pretrained(folder)
-            card.save(folder / "README.md")
-        return _upload(folder, repo_id, api, private, commit_message, create_pr)
+        folder = write_pipeline_folder(pipe, tmp, card, include_code, sample_grid)
+        return push_folder(
+            folder, repo_id, api=api, private=private, commit_message=commit_message, create_pr=create_pr
+        )
 
 
 def push_model(
@@ -273,4 +333,111 @@ def push_model(
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         card.save(Path(tmp) / "README.md")
-        return _upload(Path(tmp), repo_id, api, private, commit_message, create_pr)
+        return push_folder(tmp, repo_id, api=api, private=private, commit_message=commit_message, create_pr=create_pr)
+
+
+# -- publishing a converted release -----------------------------------------------------------------------
+# The classes of the sample grids of class-conditional ImageNet papers (DiT, VAR, LlamaGen, DetailFlow).
+IMAGENET_SAMPLE_CLASSES = [207, 360, 387, 974, 88, 979, 417, 279]
+
+
+def showcase_grid(pipe, num_images: int = 8, seed: int = 0, device=None):
+    """One image for each of `num_images` classes (ImageNet's usual showcase classes for 1000-class
+    models, else the first classes), image i seeded `seed + i`, at the model's own generation defaults."""
+    import torch
+
+    from .pipelines.image_processing import image_grid
+
+    num_classes = pipe.transformer.config.num_classes
+    pool = IMAGENET_SAMPLE_CLASSES if num_classes == 1000 else list(range(num_classes))
+    classes = [pool[i % len(pool)] for i in range(num_images)]
+    device = device or pipe.transformer.device
+    generators = [torch.Generator(device).manual_seed(seed + i) for i in range(num_images)]
+    images = pipe(class_labels=classes, generator=generators).images
+    return image_grid(images, columns=min(num_images, 4))
+
+
+def _is_repo_id(source) -> bool:
+    return not Path(source).expanduser().exists() and str(source).count("/") == 1
+
+
+def release_card(
+    pipe,
+    repo_id: str,
+    tokenizer_source,
+    generator_source,
+    results: dict | None = None,
+    use_ema: bool = True,
+    **kwargs,
+):
+    """The card of a converted release: `base_model` names the original repos (where they are Hub repos),
+    with the parity statement, the generation defaults and the `results` given; `kwargs` go to
+    `pipeline_card`."""
+    sources = [str(tokenizer_source), str(generator_source)]
+    base_model = [source for source in sources if _is_repo_id(source)] or None
+    description = (
+        f"The original [DetailFlow]({PAPER}) release `{sources[0]}` (tokenizer) + `{sources[1]}` (generator), "
+        "converted to the diffusers/transformers format by `detailflow_hf`'s converter.\n\n"
+        + (
+            "Parity: the weights are the release's own (the generator's EMA weights, which the release samples "
+            "with), unchanged. "
+            if use_ema
+            else "Parity: the weights are the release's own (the generator's raw weights, not its EMA), unchanged. "
+        )
+        + "The converter's tests check the converted models against the original code: identical token ids "
+        "for encoding and greedy generation, decoded pixels and logits within 1e-4."
+    )
+    return pipeline_card(
+        pipe,
+        repo_id,
+        base_model=base_model,
+        description=description,
+        results={k: str(v) for k, v in (results or {}).items()} or None,
+        **kwargs,
+    )
+
+
+def publish_release(
+    tokenizer_source,
+    generator_source,
+    repo_id: str,
+    *,
+    api=None,
+    tokenizer_architecture: dict | None = None,
+    use_ema: bool = True,
+    results: dict | None = None,
+    num_samples: int = 8,
+    device: str = "cpu",
+    include_code: bool = True,
+    private: bool | None = None,
+    create_pr: bool = False,
+):
+    """Convert an original tokenizer + generator release and upload it to `repo_id` as a ready-to-load
+    pipeline: weights, code (`include_code`), a full card (`release_card`) and a grid of `num_samples`
+    samples (0: none). Returns the upload's result."""
+    from .conversion.original import convert_release
+
+    pipe = convert_release(
+        tokenizer_source, generator_source, tokenizer_architecture=tokenizer_architecture, use_ema=use_ema
+    )
+    pipe.set_progress_bar_config(disable=True)
+    grid = showcase_grid(pipe.to(device), num_samples) if num_samples else None
+    card = release_card(
+        pipe,
+        repo_id,
+        tokenizer_source,
+        generator_source,
+        results,
+        use_ema=use_ema,
+        sample_grid=SAMPLE_GRID if grid else None,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_pipeline_folder(pipe.to("cpu"), tmp, card, include_code, grid)
+        return push_folder(
+            folder,
+            repo_id,
+            api=api,
+            private=private,
+            commit_message=f"Convert {tokenizer_source} + {generator_source}",
+            create_pr=create_pr,
+        )

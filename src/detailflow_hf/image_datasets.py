@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .image_processing import center_crop_arr, open_image, to_tensor
+from .pipelines.image_processing import center_crop_arr, open_image, to_tensor
 
 DEFAULT_DATASET = "ILSVRC/imagenet-1k"
 IMAGE_COLUMNS = ("image", "img", "jpg", "png", "webp")

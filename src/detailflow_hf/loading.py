@@ -7,7 +7,9 @@ id, and `original:TOKENIZER,GENERATOR` converts a release (once, cached).
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,11 +28,22 @@ def load_tokenizer(model: str | os.PathLike, device: str | torch.device = "cpu")
     return DetailFlowTokenizer.from_pretrained(path, subfolder=subfolder).to(device).eval()
 
 
-def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device | None = None, **kwargs):
-    """A `DetailFlowPipeline` by name (see the module docstring), on `device`; `kwargs` go to
-    `DetailFlowPipeline.from_pretrained` (e.g. `dtype`). Every problem is a `ValueError` naming `model`."""
+DOWNLOAD_ARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model name means: a local pipeline `folder`, a Hub `repo_id`, or an original release
+    (`original`: tokenizer and generator repos or folders)."""
+
+    folder: Path | None = None
+    repo_id: str | None = None
+    original: tuple[str, str] | None = None
+
+
+def model_source(model: str | os.PathLike | None) -> ModelSource:
+    """The one reading of a model name (see the module docstring); a `ValueError` naming it otherwise."""
     from . import DEFAULT_MODEL
-    from .pipelines.pipeline_detailflow import DetailFlowPipeline
 
     if model is None:
         if DEFAULT_MODEL is None:
@@ -41,15 +54,52 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         sources = [part.strip() for part in model.removeprefix("original:").split(",")]
         if len(sources) != 2 or not all(sources):
             raise ValueError(f"{model!r}: expected 'original:TOKENIZER_REPO_OR_DIR,GENERATOR_REPO_OR_DIR'.")
-        pipe = DetailFlowPipeline.from_original(*sources, **kwargs)
-    else:
-        path = Path(model).expanduser()
-        if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
-            raise ValueError(f"model {model}: no such folder (and not a Hub repo id of the form 'owner/name').")
-        if path.exists() and not (path / "model_index.json").is_file():
+        return ModelSource(original=(sources[0], sources[1]))
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
             raise ValueError(f"model {model}: not a pipeline folder (it has no model_index.json).")
-        pipe = DetailFlowPipeline.from_pretrained(str(path) if path.exists() else model, **kwargs)
+        return ModelSource(folder=path)
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ValueError(f"model {model}: no such folder (and not a Hub repo id of the form 'owner/name').")
+    return ModelSource(repo_id=model)
+
+
+def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device | None = None, **kwargs):
+    """A `DetailFlowPipeline` by name (see the module docstring), on `device`.
+
+    `kwargs` go to `DetailFlowPipeline.from_pretrained` (e.g. `dtype`, `variant`; for a Hub repo also
+    `revision`, `token`, ...), to `conversion.load_original` for `original:` sources, and to
+    `hub.load_code_export` for folders saved with their code, which rejects what it cannot honour.
+    Every problem is a `ValueError` naming `model`."""
+    from .hub import is_code_export, load_code_export
+    from .pipelines.pipeline_detailflow import DetailFlowPipeline
+
+    source = model_source(model)
+    if source.original:
+        from .conversion.original import load_original
+
+        pipe = load_original(*source.original, **kwargs)
+        return pipe.to(device) if device is not None else pipe
+    download = {k: kwargs.pop(k) for k in DOWNLOAD_ARGS if k in kwargs}
+    if source.folder and download:
+        raise ValueError(f"model {model}: {', '.join(download)} apply to Hub repos, and this is a local folder.")
+    if source.folder:
+        index_file = source.folder / "model_index.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        index_file = Path(hf_hub_download(source.repo_id, "model_index.json", **download))
+    if is_code_export(json.loads(index_file.read_text())):
+        folder = source.folder
+        if folder is None:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(source.repo_id, **download))
+        pipe = load_code_export(folder, **kwargs)
+    else:
+        pipe = DetailFlowPipeline.from_pretrained(str(source.folder or source.repo_id), **download, **kwargs)
     return pipe.to(device) if device is not None else pipe
 
 
-__all__ = ["load_pipeline", "load_tokenizer"]
+__all__ = ["ModelSource", "load_pipeline", "load_tokenizer", "model_source"]

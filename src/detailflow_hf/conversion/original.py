@@ -479,3 +479,33 @@ def converted_release_dir(
         shutil.rmtree(target)
     os.replace(staging, target)
     return target
+
+
+def load_original(
+    tokenizer_source: str | os.PathLike,
+    generator_source: str | os.PathLike,
+    *,
+    tokenizer_architecture: dict | None = None,
+    use_ema: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    force_conversion: bool = False,
+    **kwargs,
+):
+    """A `DetailFlowPipeline` from an original release (Hub repo ids such as `ByteFlow-AI/DetailFlow-16`
+    and `ByteFlow-AI/DetailFlow-16-GPT-L`, or local release folders), converted once and cached.
+
+    The conversion lands in `cache_dir` (default: `<HF_HUB_CACHE>/detailflow_hf/converted/<key>`),
+    keyed by the resolved sources, so later calls load the cached folder directly; `kwargs` go to
+    `DetailFlowPipeline.from_pretrained` (e.g. `dtype`).
+    """
+    from ..pipelines.pipeline_detailflow import DetailFlowPipeline
+
+    folder = converted_release_dir(
+        tokenizer_source,
+        generator_source,
+        tokenizer_architecture=tokenizer_architecture,
+        use_ema=use_ema,
+        cache_dir=cache_dir,
+        force=force_conversion,
+    )
+    return DetailFlowPipeline.from_pretrained(folder, **kwargs)

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..image_processing import to_uint8
 from ..models.sampling import SAMPLING_ARGUMENTS
+from ..pipelines.image_processing import to_uint8
 from .fid import (
     FeatureExtractor,
     FeatureStatistics,

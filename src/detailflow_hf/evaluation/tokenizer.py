@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..image_processing import center_crop_arr, open_image, to_tensor, to_uint8
+from ..pipelines.image_processing import center_crop_arr, open_image, to_tensor, to_uint8
 from .fid import FeatureExtractor, StatisticsAccumulator, frechet_distance
 from .metrics import prefix_reconstructions, psnr, ssim
 

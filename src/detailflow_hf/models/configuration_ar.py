@@ -6,7 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
-from ..schedule import check_config_keys, check_group_layout
+from .schedule import check_config_keys, check_group_layout
 
 # LlamaGen's model sizes, as `gpt_model` names them: (hidden_size, num_hidden_layers, num_attention_heads).
 # The release trains GPT-L; the converter cross-checks a release against its name, training presets build them.

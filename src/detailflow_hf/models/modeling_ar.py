@@ -36,9 +36,9 @@ from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, L
 from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from ..schedule import prefix_lengths
 from .configuration_ar import DetailFlowARConfig
 from .sampling import SamplingParams, apply_guidance
+from .schedule import prefix_lengths
 
 
 @dataclass

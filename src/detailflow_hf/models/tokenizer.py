@@ -24,7 +24,7 @@ from torch import nn
 from transformers import Siglip2VisionConfig
 from transformers.models.siglip2.modeling_siglip2 import Siglip2EncoderLayer
 
-from ..schedule import ResolutionSchedule, check_config_keys
+from .schedule import ResolutionSchedule, check_config_keys
 
 # Shapes of the released tokenizers (SigLIP2 so400m truncated to 12 layers for the encoder; a fresh
 # 768-wide tower for the decoder). The release does not store them.

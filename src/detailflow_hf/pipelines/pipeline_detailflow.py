@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +13,7 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from ..image_processing import OUTPUT_TYPES, DetailFlowImageProcessor
+from .image_processing import OUTPUT_TYPES, DetailFlowImageProcessor
 from .labels import ClassLabels, imagenet_id2label
 
 
@@ -112,7 +109,7 @@ class DetailFlowPipeline(DiffusionPipeline):
         classes replace the generator's (class names work as for any model), its weights are loaded and,
         with `merge` (default), folded into the generator's own; `merge=False` keeps the peft model
         (`save_adapter` can then write it again). Returns the pipeline."""
-        from ..adapters import load_adapter
+        from .adapters import load_adapter
 
         self.transformer = load_adapter(self.transformer, adapter, merge=merge).eval()
         self._set_labels(None)
@@ -122,117 +119,14 @@ class DetailFlowPipeline(DiffusionPipeline):
         """Write the generator's adapter (the pipeline must carry an unmerged one: `load_adapter(...,
         merge=False)`, or a generator wrapped by `adapters.add_generator_lora`) with its classes and a
         card naming `base_model`."""
-        from ..adapters import save_adapter
+        from .adapters import save_adapter
 
         if not hasattr(self.transformer, "peft_config"):
             raise ValueError(
                 "this pipeline's generator carries no adapter to save; load one with load_adapter(..., merge=False) "
-                "or wrap the generator with detailflow_hf.adapters.add_generator_lora."
+                "or wrap the generator with detailflow_hf.pipelines.adapters.add_generator_lora."
             )
         return save_adapter(self.transformer, folder, base_model=base_model)
-
-    # -- loading --------------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
-        """Load a pipeline folder or Hub repo: the native layout, or one exported with its own code
-        (`detailflow_hf.hub.save_with_code`), which loads here with this package's classes, no remote code."""
-        folder = Path(pretrained_model_name_or_path)
-        if not folder.is_dir():
-            from huggingface_hub import snapshot_download
-
-            folder = Path(
-                snapshot_download(
-                    str(pretrained_model_name_or_path),
-                    revision=kwargs.pop("revision", None),
-                    cache_dir=kwargs.pop("cache_dir", None),
-                    token=kwargs.pop("token", None),
-                    local_files_only=kwargs.pop("local_files_only", False),
-                )
-            )
-        index = folder / "model_index.json"
-        if index.is_file() and isinstance(json.loads(index.read_text()).get("_class_name"), list):
-            return cls._from_code_export(folder, **kwargs)
-        return super().from_pretrained(folder, **kwargs)
-
-    @classmethod
-    def _from_code_export(cls, folder: Path, **kwargs):
-        # Imported by name so that the copy of this file shipped in exported repos has no package imports.
-        models = importlib.import_module("detailflow_hf.models")
-        DetailFlowTokenizer, DetailFlowForImageGeneration = (
-            models.DetailFlowTokenizer,
-            models.DetailFlowForImageGeneration,
-        )
-        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-        vqvae = kwargs.pop("vqvae", None) or DetailFlowTokenizer.from_pretrained(
-            folder, subfolder="vqvae", dtype=dtype
-        )
-        transformer = kwargs.pop("transformer", None) or DetailFlowForImageGeneration.from_pretrained(
-            folder / "transformer", dtype=dtype
-        )
-        id2label = json.loads((folder / "model_index.json").read_text()).get("id2label")
-        return cls(vqvae=vqvae.eval(), transformer=transformer.eval(), id2label=id2label)
-
-    @classmethod
-    def from_original(
-        cls,
-        tokenizer_repo_or_dir: str | os.PathLike,
-        generator_repo_or_dir: str | os.PathLike,
-        *,
-        tokenizer_architecture: dict | None = None,
-        use_ema: bool = True,
-        cache_dir: str | os.PathLike | None = None,
-        force_conversion: bool = False,
-        **kwargs,
-    ) -> DetailFlowPipeline:
-        """Load the original release (Hub repo ids such as `ByteFlow-AI/DetailFlow-16` and
-        `ByteFlow-AI/DetailFlow-16-GPT-L`, or local release folders), converted once and cached.
-
-        The conversion lands in `cache_dir` (default: `<HF_HUB_CACHE>/detailflow_hf/converted/<key>`),
-        keyed by the resolved sources, so later calls load the cached folder directly.
-        """
-        converted_release_dir = importlib.import_module("detailflow_hf.conversion.original").converted_release_dir
-        folder = converted_release_dir(
-            tokenizer_repo_or_dir,
-            generator_repo_or_dir,
-            tokenizer_architecture=tokenizer_architecture,
-            use_ema=use_ema,
-            cache_dir=cache_dir,
-            force=force_conversion,
-        )
-        return cls.from_pretrained(folder, **kwargs)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token=None,
-        create_pr: bool = False,
-        include_code: bool = True,
-        api=None,
-        **kwargs,
-    ):
-        """Upload to the Hub with a generated model card and, by default, the code that lets stock
-        diffusers load the repo (`trust_remote_code=True`). `api`: an `HfApi`-like uploader."""
-        try:
-            hub = importlib.import_module("detailflow_hf.hub")
-        except ImportError:  # this file as shipped inside an exported repo
-            return super().push_to_hub(
-                repo_id, commit_message=commit_message, private=private, token=token, create_pr=create_pr, **kwargs
-            )
-        if api is None and token is not None:
-            from huggingface_hub import HfApi
-
-            api = HfApi(token=token)
-        return hub.push_pipeline(
-            self,
-            repo_id,
-            api=api,
-            include_code=include_code,
-            private=private,
-            create_pr=create_pr,
-            commit_message=commit_message or "Upload DetailFlow pipeline",
-        )
 
     # -- generation -----------------------------------------------------------------------------------
     def prefix_lengths(self, num_tokens: int | None = None) -> list[int]:

@@ -316,14 +316,9 @@ EXPORT_IGNORE = ["checkpoints/*", "logs/*", "samples/*", "data_stats/*", ".*"]
 def push_export(output_dir: str | os.PathLike, repo_id: str, api=None, commit_message: str = "Upload trained model"):
     """Upload an export folder (without checkpoints, logs and samples) to the Hub repo `repo_id`.
     `api` is a `huggingface_hub.HfApi`-like object (default: a new `HfApi()`)."""
-    if api is None:
-        from huggingface_hub import HfApi
+    from ..hub import push_folder
 
-        api = HfApi()
-    api.create_repo(repo_id, exist_ok=True)
-    return api.upload_folder(
-        repo_id=repo_id, folder_path=str(output_dir), ignore_patterns=EXPORT_IGNORE, commit_message=commit_message
-    )
+    return push_folder(output_dir, repo_id, api=api, commit_message=commit_message, ignore_patterns=EXPORT_IGNORE)
 
 
 __all__ = [

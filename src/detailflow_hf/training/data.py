@@ -25,7 +25,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..image_datasets import load_image_stream
-from ..image_processing import center_crop_arr, open_image, random_crop_arr, to_tensor
+from ..pipelines.image_processing import center_crop_arr, open_image, random_crop_arr, to_tensor
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..schedule import ResolutionSchedule
+from ..models.schedule import ResolutionSchedule
 
 
 @dataclass

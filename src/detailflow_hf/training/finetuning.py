@@ -1,5 +1,5 @@
 """Fine-tuning a trained pipeline on a new image set: the examples' shared flags and loop, the
-generator's teacher-forced loss (with LoRA and new classes from `detailflow_hf.adapters`) and the
+generator's teacher-forced loss (with LoRA and new classes from `detailflow_hf.pipelines.adapters`) and the
 tokenizer decoder alone.
 
 Images are encoded on the fly by the frozen tokenizer (`encode_images`), so no code extraction

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..image_processing import image_grid, to_pil
 from ..models.configuration_ar import LLAMAGEN_SIZES, DetailFlowARConfig, llamagen_size
 from ..models.modeling_ar import DetailFlowForImageGeneration
+from ..pipelines.image_processing import image_grid, to_pil
 from .arguments import config_from_dict
 from .data import IMAGENET_TRAIN_IMAGES
 from .schedules import GENERATOR, make_schedule

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..image_processing import to_uint8
 from ..models.tokenizer import RELEASED_DECODER, RELEASED_ENCODER, DetailFlowTokenizer
+from ..pipelines.image_processing import to_uint8
 from .arguments import config_from_dict, load_preset
 from .data import IMAGENET_TRAIN_IMAGES
 from .dead_codes import DeadCodeRestarter

@@ -31,6 +31,7 @@ from accelerate import Accelerator
 
 from detailflow_hf import flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
+from detailflow_hf.hub import is_hub_repo_id
 from detailflow_hf.image_datasets import ImageFolderDataset
 from detailflow_hf.loading import load_pipeline
 from detailflow_hf.pipelines.adapters import add_generator_lora, set_classes
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
     if accelerator.is_main_process:
         output = Path(args.output_dir)
         pipe.transformer = accelerator.unwrap_model(model)  # the peft model: the pipeline saves its adapter
-        adapter = pipe.save_adapter(output / "adapter", base_model=args.model)
+        base_model = args.model if args.model and is_hub_repo_id(args.model) else None  # a card names Hub repos
+        adapter = pipe.save_adapter(output / "adapter", base_model=base_model)
         merged = load_pipeline(args.model).load_adapter(adapter)  # the base pipeline, adapted and merged
         merged.save_pretrained(output / "merged")
         merged.set_progress_bar_config(disable=True)

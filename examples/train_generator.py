@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from detailflow_hf import DetailFlowPipeline, DetailFlowTokenizer, flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
-from detailflow_hf.hub import SAMPLE_GRID, pipeline_card, showcase_grid
+from detailflow_hf.hub import SAMPLE_GRID, is_hub_repo_id, pipeline_card, showcase_grid
 from detailflow_hf.models.sampling import SamplingParams
 from detailflow_hf.training.arguments import add_common_args, check_common_args, load_preset, make_accelerator
 from detailflow_hf.training.checkpointing import (
@@ -108,7 +108,7 @@ def write_export(pipe, args, step: int):
     showcase_grid(pipe, num_images=min(8, pipe.transformer.config.num_classes), seed=args.seed).save(
         Path(args.output_dir) / SAMPLE_GRID
     )
-    tokenizer_repo = args.tokenizer if not Path(args.tokenizer).exists() else None
+    tokenizer_repo = args.tokenizer if is_hub_repo_id(args.tokenizer) else None
     card = pipeline_card(
         pipe,
         args.hub_model_id,

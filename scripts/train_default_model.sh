@@ -11,7 +11,7 @@ OUT=${OUT:-outputs/default_model}
 python scripts/build_emoji_dataset.py --output_dir "$DATA" --size 32 --framings 4 --seed 0
 # The tokenizer learns each training emoji in four framings (train_framed/), so it does not depend on one.
 python examples/train_tokenizer.py --config scripts/configs/emoji_tokenizer.yaml --train_data_dir "$DATA/train_framed" \
-    --output_dir "$OUT/tokenizer_stage1" --max_train_steps 18000 --seed 0 --report_to none
+    --output_dir "$OUT/tokenizer_stage1" --max_train_steps 21000 --seed 0 --report_to none
 # The decoder alone, its lr annealed to 0: the encoder and codebook stay frozen, so the codes keep their meaning.
 python examples/finetune_tokenizer_decoder.py --model "$OUT/tokenizer_stage1" --train_data_dir "$DATA/train_framed" \
     --output_dir "$OUT/tokenizer" --max_train_steps 1000 --train_batch_size 16 --learning_rate 2e-4 --lr_scheduler cosine

@@ -12,6 +12,11 @@ hardware (the `spaces` package present) every generation runs under `spaces.GPU`
 
 from __future__ import annotations
 
+try:  # ZeroGPU Spaces provide `spaces`, which must be imported before torch; elsewhere it is absent
+    import spaces
+except ImportError:
+    spaces = None
+
 import json
 import os
 import queue
@@ -27,19 +32,14 @@ from detailflow_hf import DetailFlowPipeline
 from detailflow_hf.flags import MAX_SEED
 from detailflow_hf.pipelines.image_processing import open_image, upscale
 
-try:  # ZeroGPU Spaces provide `spaces`; elsewhere generation runs where the model is
-    import spaces
-
-    on_gpu = spaces.GPU
-except ImportError:
-
-    def on_gpu(handler):
-        return handler
-
-
 HERE = Path(__file__).resolve().parent
 DISPLAY_SIZE = 256
 CONCURRENCY = int(os.environ.get("DETAILFLOW_CONCURRENCY", "2"))
+
+
+def on_gpu(handler):
+    """`handler` under `spaces.GPU` on ZeroGPU hardware (a GPU is attached for each call), else as is."""
+    return spaces.GPU(handler) if spaces is not None else handler
 
 
 def configured_model() -> str | None:

@@ -8,7 +8,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from detailflow_hf import DetailFlowPipeline, load_pipeline
-from detailflow_hf.hub import pipeline_card, push_model, push_pipeline, save_with_code
+from detailflow_hf.hub import CODE_FILES, PACKAGE, pipeline_card, push_model, push_pipeline, save_with_code
 
 from .hub_cache import FakeHubApi
 
@@ -23,22 +23,11 @@ def test_pipeline_push_writes_weights_code_and_card(pipe, tmp_path, expected):
     assert url.endswith("/commit/0")
     assert api.calls[0] == ("create_repo", "me/detailflow-tiny", True, True)
     repo = tmp_path / "me" / "detailflow-tiny"
-    assert {
-        "README.md",
-        "model_index.json",
-        "pipeline_detailflow.py",
-        "labels.py",
-        "vqvae/config.json",
-        "vqvae/diffusion_pytorch_model.safetensors",
-        "vqvae/detailflow_tokenizer.py",
-        "vqvae/schedule.py",
-        "transformer/config.json",
-        "transformer/model.safetensors",
-        "transformer/modeling_detailflow_ar.py",
-        "transformer/configuration_ar.py",
-        "transformer/sampling.py",
-        "transformer/schedule.py",
-    } <= files(repo)
+    weights = {"vqvae/config.json", "vqvae/diffusion_pytorch_model.safetensors", "transformer/config.json"}
+    weights |= {"transformer/model.safetensors", "transformer/generation_config.json", "model_index.json"}
+    assert files(repo) == weights | {"README.md"} | {destination for _, destination in CODE_FILES}
+    for source, destination in CODE_FILES:  # the code goes up verbatim
+        assert (repo / destination).read_bytes() == (PACKAGE / source).read_bytes(), destination
     card = ModelCard.load(repo / "README.md")
     assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "unconditional-image-generation"
     assert "arxiv:2505.21473" in card.data.tags and "class-conditional" in card.data.tags
@@ -181,3 +170,25 @@ def test_adapter_round_trip_through_the_hub(pipe, tmp_path):
     a = adapted(class_labels=["star"], top_k=1, output_type="pt").token_ids
     b = reloaded(class_labels=["star"], top_k=1, output_type="pt").token_ids
     assert torch.equal(a, b)
+
+
+def test_hub_repos_load_by_id_in_either_layout(pipe, tmp_path, expected):
+    from .hub_cache import add_snapshot
+
+    pipe.save_pretrained(tmp_path / "native")
+    save_with_code(pipe, tmp_path / "code")
+    add_snapshot("someone/tiny-native", tmp_path / "native")
+    add_snapshot("someone/tiny-code", tmp_path / "code")
+    for repo_id in ("someone/tiny-native", "someone/tiny-code"):
+        loaded = load_pipeline(repo_id, local_files_only=True)
+        assert type(loaded.vqvae).__module__ == "detailflow_hf.models.tokenizer", repo_id
+        ids = loaded(class_labels=expected["ar.labels"], top_k=1, output_type="pt").token_ids
+        assert torch.equal(ids, expected["ar.greedy.cfg1.5"]), repo_id
+    with pytest.raises(ValueError, match="saved with its code loads with dtype, .* only; got device_map"):
+        load_pipeline("someone/tiny-code", device_map="cpu")
+    with pytest.raises(ValueError, match="give dtype or torch_dtype"):
+        load_pipeline("someone/tiny-native", dtype=torch.float64, torch_dtype=torch.float64)
+    with pytest.raises(ValueError, match="a pipeline loads with .* only; got colour"):
+        load_pipeline("someone/tiny-native", colour="blue")
+    with pytest.raises(ValueError, match="an original release loads with .* only; got revision"):
+        load_pipeline("original:someone/tok,someone/gen", revision="main")

@@ -20,10 +20,9 @@ import detailflow_hf
 import detailflow_hf.spaces_demo
 from detailflow_hf.cli import main
 from detailflow_hf.pipelines.image_processing import upscale
-from detailflow_hf.space import build_space, pinned_requirements
+from detailflow_hf.space import build_space
 
 pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
-pytestmark = pytest.mark.skipif(detailflow_hf.DEFAULT_MODEL is None, reason="no embedded model")
 
 
 def free_port() -> int:
@@ -36,6 +35,7 @@ def header(folder) -> dict:
     return yaml.safe_load((folder / "README.md").read_text().split("---\n")[1])
 
 
+@pytest.mark.skipif(detailflow_hf.DEFAULT_MODEL is None, reason="no embedded model")
 def test_folder_for_the_embedded_model(tmp_path):
     folder = build_space(tmp_path / "space")
     assert (folder / "app.py").read_bytes() == (
@@ -45,12 +45,16 @@ def test_folder_for_the_embedded_model(tmp_path):
     assert not (folder / "detailflow_hf" / "spaces_demo").exists()
     assert json.loads((folder / "space_config.json").read_text()) == {"model": None}
     meta = header(folder)
-    assert meta["sdk"] == "gradio" and meta["sdk_version"] == importlib.metadata.version("gradio")
+    assert meta["sdk"] == "gradio" and meta["sdk_version"] == importlib.metadata.version("gradio") == "6.31.0"
+    assert meta["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
     assert meta["suggested_hardware"] == "cpu-basic" and "models" not in meta and meta["app_file"] == "app.py"
     requirements = (folder / "requirements.txt").read_text().split()
-    assert requirements == pinned_requirements()
-    assert f"torch=={torch.__version__.split('+')[0]}" in requirements
-    assert all("==" in line for line in requirements) and not any(r.startswith("detailflow") for r in requirements)
+    # every run-time requirement of the package, pinned to what is installed here (no local +cpu label)
+    assert [r.split("==")[0] for r in requirements] == [
+        "torch", "transformers", "diffusers", "accelerate", "datasets", "huggingface_hub", "safetensors", "peft",
+        "numpy", "Pillow", "PyYAML",
+    ]  # fmt: skip
+    assert f"torch=={torch.__version__.split('+')[0]}" in requirements and "diffusers==0.42.1" in requirements
     assert sorted(p.name for p in (folder / "examples").iterdir()) == ["cat_face.png", "red_apple.png", "rocket.png"]
 
 
@@ -67,9 +71,17 @@ def test_hub_model_is_preloaded_and_zero_gpu_suggested(tmp_path):
     assert header(original)["preload_from_hub"] == ["ByteFlow-AI/DetailFlow-16", "ByteFlow-AI/DetailFlow-16-GPT-L"]
 
 
-def test_local_model_is_copied_in(tmp_path, converted_dir):
-    folder = build_space(tmp_path / "space", model=str(converted_dir))
-    assert (folder / "model" / "model_index.json").is_file()
+def test_local_model_is_copied_in_without_training_leftovers(tmp_path, converted_dir):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(converted_dir, run)
+    (run / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-4" / "model.safetensors").write_bytes(b"x")
+    (run / "samples").mkdir()
+    folder = build_space(tmp_path / "space", model=str(run))
+    copied = sorted(p.relative_to(folder / "model").as_posix() for p in (folder / "model").rglob("*") if p.is_file())
+    assert copied == sorted(p.relative_to(converted_dir).as_posix() for p in converted_dir.rglob("*") if p.is_file())
     assert json.loads((folder / "space_config.json").read_text()) == {"model": "model"}
 
 
@@ -77,6 +89,7 @@ def test_local_model_is_copied_in(tmp_path, converted_dir):
     "args, message",
     [
         (["--model", "nowhere/at/all"], "model nowhere/at/all: no such folder"),
+        (["--model", "original:foo,owner/gen"], "a Space converts releases from Hub repos; 'foo' is not one"),
         (["--hardware", "tpu"], "invalid choice: 'tpu'"),
     ],
 )
@@ -100,6 +113,7 @@ def test_existing_folder_is_never_overwritten(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(detailflow_hf.DEFAULT_MODEL is None, reason="no embedded model")
 def test_space_installs_in_a_fresh_venv_and_serves_through_gradio_client(tmp_path):
     """As a Space builds it: a fresh virtual environment, `pip install -r requirements.txt` from the package
     index (plus the Gradio of the README's `sdk_version`), then `python app.py` in the folder."""

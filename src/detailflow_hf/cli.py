@@ -296,7 +296,13 @@ def _convert(args) -> int:
         sampling=sampling_arguments(args),
     )
     card = release_card(
-        pipe, Path(args.output).name, args.tokenizer, args.generator, use_ema=args.use_ema, remote_code=args.with_code
+        pipe,
+        Path(args.output).name,
+        args.tokenizer,
+        args.generator,
+        use_ema=args.use_ema,
+        remote_code=args.with_code,
+        load_from=json.dumps(str(args.output)),
     )
     write_pipeline_folder(pipe, args.output, card, include_code=args.with_code)
     print(f"wrote {args.output}")

@@ -8,6 +8,7 @@ and offline users can pass their own.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -39,6 +40,12 @@ CODE_MODEL_INDEX = {
     "vqvae": ["detailflow_tokenizer", "DetailFlowTokenizer"],
     "transformer": ["modeling_detailflow_ar", "DetailFlowForImageGeneration"],
 }
+
+
+def is_hub_repo_id(name: str | os.PathLike) -> bool:
+    """Whether `name` reads as a Hub repo id (`owner/name`) rather than a local path: the one rule."""
+    name = str(name)
+    return not Path(name).expanduser().exists() and not name.startswith((".", "/", "~")) and name.count("/") == 1
 
 
 # -- cards ------------------------------------------------------------------------------------------
@@ -235,8 +242,8 @@ CODE_EXPORT_LOADING_ARGS = ("dtype", "torch_dtype", "variant", "vqvae", "transfo
 def load_code_export(folder: str | Path, **kwargs):
     """Load a folder saved by `save_with_code` with this package's classes (no remote code).
 
-    Accepts `dtype` (or `torch_dtype`), `variant` and ready `vqvae`/`transformer` components; any other
-    argument is a `ValueError` naming it, never silently dropped."""
+    Accepts `CODE_EXPORT_LOADING_ARGS`: `dtype` (or `torch_dtype`), `variant` and ready
+    `vqvae`/`transformer` components; anything else is a `ValueError` naming it, never dropped."""
     from .models import DetailFlowForImageGeneration, DetailFlowTokenizer
     from .pipelines.pipeline_detailflow import DetailFlowPipeline
 
@@ -246,8 +253,10 @@ def load_code_export(folder: str | Path, **kwargs):
             f"{folder}: a pipeline saved with its code loads with {', '.join(CODE_EXPORT_LOADING_ARGS)} only; "
             f"got {', '.join(unknown)}."
         )
+    if kwargs.get("dtype") is not None and kwargs.get("torch_dtype") is not None:
+        raise ValueError(f"{folder}: give dtype or torch_dtype (the same setting), not both.")
     folder = Path(folder)
-    dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    dtype = kwargs.get("dtype") if kwargs.get("dtype") is not None else kwargs.get("torch_dtype")
     variant = kwargs.get("variant")
     vqvae = kwargs.get("vqvae") or DetailFlowTokenizer.from_pretrained(
         folder, subfolder="vqvae", dtype=dtype, variant=variant
@@ -357,10 +366,6 @@ def showcase_grid(pipe, num_images: int = 8, seed: int = 0, device=None):
     return image_grid(images, columns=min(num_images, 4))
 
 
-def _is_repo_id(source) -> bool:
-    return not Path(source).expanduser().exists() and str(source).count("/") == 1
-
-
 def release_card(
     pipe,
     repo_id: str,
@@ -374,7 +379,7 @@ def release_card(
     with the parity statement, the generation defaults and the `results` given; `kwargs` go to
     `pipeline_card`."""
     sources = [str(tokenizer_source), str(generator_source)]
-    base_model = [source for source in sources if _is_repo_id(source)] or None
+    base_model = [source for source in sources if is_hub_repo_id(source)] or None
     description = (
         f"The original [DetailFlow]({PAPER}) release `{sources[0]}` (tokenizer) + `{sources[1]}` (generator), "
         "converted to the diffusers/transformers format by `detailflow_hf`'s converter.\n\n"
@@ -422,6 +427,7 @@ def publish_release(
     )
     pipe.set_progress_bar_config(disable=True)
     grid = showcase_grid(pipe.to(device), num_samples) if num_samples else None
+    has_grid = grid is not None
     card = release_card(
         pipe,
         repo_id,
@@ -429,7 +435,7 @@ def publish_release(
         generator_source,
         results,
         use_ema=use_ema,
-        sample_grid=SAMPLE_GRID if grid else None,
+        sample_grid=SAMPLE_GRID if has_grid else None,
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_pipeline_folder(pipe.to("cpu"), tmp, card, include_code, grid)

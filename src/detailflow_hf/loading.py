@@ -7,6 +7,7 @@ id, and `original:TOKENIZER,GENERATOR` converts a release (once, cached).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -29,6 +30,22 @@ def load_tokenizer(model: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 DOWNLOAD_ARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download")
+# What `DetailFlowPipeline.from_pretrained` (diffusers) honours for this pipeline; anything else it would
+# only log and ignore, so it is refused here instead.
+PRETRAINED_LOADING_ARGS = (
+    "dtype",
+    "torch_dtype",
+    "variant",
+    "use_safetensors",
+    "device_map",
+    "max_memory",
+    "offload_folder",
+    "offload_state_dict",
+    "low_cpu_mem_usage",
+    "vqvae",
+    "transformer",
+    "id2label",
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,7 @@ class ModelSource:
 def model_source(model: str | os.PathLike | None) -> ModelSource:
     """The one reading of a model name (see the module docstring); a `ValueError` naming it otherwise."""
     from . import DEFAULT_MODEL
+    from .hub import is_hub_repo_id
 
     if model is None:
         if DEFAULT_MODEL is None:
@@ -60,30 +78,44 @@ def model_source(model: str | os.PathLike | None) -> ModelSource:
         if not (path / "model_index.json").is_file():
             raise ValueError(f"model {model}: not a pipeline folder (it has no model_index.json).")
         return ModelSource(folder=path)
-    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+    if not is_hub_repo_id(model):
         raise ValueError(f"model {model}: no such folder (and not a Hub repo id of the form 'owner/name').")
     return ModelSource(repo_id=model)
+
+
+def _refuse(model, kwargs: dict, allowed, what: str):
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"model {model}: {what} loads with {', '.join(allowed)} only; got {', '.join(unknown)}.")
+    if kwargs.get("dtype") is not None and kwargs.get("torch_dtype") is not None:
+        raise ValueError(f"model {model}: give dtype or torch_dtype (the same setting), not both.")
 
 
 def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device | None = None, **kwargs):
     """A `DetailFlowPipeline` by name (see the module docstring), on `device`.
 
-    `kwargs` go to `DetailFlowPipeline.from_pretrained` (e.g. `dtype`, `variant`; for a Hub repo also
-    `revision`, `token`, ...), to `conversion.load_original` for `original:` sources, and to
-    `hub.load_code_export` for folders saved with their code, which rejects what it cannot honour.
-    Every problem is a `ValueError` naming `model`."""
-    from .hub import is_code_export, load_code_export
+    `kwargs`: for every layout `dtype`, `variant` and ready `vqvae`/`transformer` components; for Hub
+    repos also `revision`, `token`, `cache_dir`, `local_files_only`, `force_download`; for native
+    folders and repos the rest of `PRETRAINED_LOADING_ARGS` (e.g. `device_map`); for `original:`
+    sources the arguments of `conversion.load_original` (its `cache_dir` is where conversions are
+    kept). An argument a layout cannot honour is a `ValueError` naming it, checked before any
+    download, as is every other problem."""
+    from .hub import CODE_EXPORT_LOADING_ARGS, is_code_export, load_code_export
     from .pipelines.pipeline_detailflow import DetailFlowPipeline
 
     source = model_source(model)
+    model = model if model is not None else "(the embedded model)"  # for the messages
     if source.original:
         from .conversion.original import load_original
 
+        own = [p.name for p in inspect.signature(load_original).parameters.values() if p.kind is p.KEYWORD_ONLY]
+        _refuse(model, kwargs, (*own, *PRETRAINED_LOADING_ARGS), "an original release")
         pipe = load_original(*source.original, **kwargs)
         return pipe.to(device) if device is not None else pipe
     download = {k: kwargs.pop(k) for k in DOWNLOAD_ARGS if k in kwargs}
     if source.folder and download:
         raise ValueError(f"model {model}: {', '.join(download)} apply to Hub repos, and this is a local folder.")
+    _refuse(model, kwargs, PRETRAINED_LOADING_ARGS, "a pipeline")
     if source.folder:
         index_file = source.folder / "model_index.json"
     else:
@@ -91,6 +123,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
 
         index_file = Path(hf_hub_download(source.repo_id, "model_index.json", **download))
     if is_code_export(json.loads(index_file.read_text())):
+        _refuse(model, kwargs, CODE_EXPORT_LOADING_ARGS, "a pipeline saved with its code")
         folder = source.folder
         if folder is None:
             from huggingface_hub import snapshot_download

@@ -14,17 +14,21 @@ The model the app serves:
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.metadata
 import importlib.resources
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
 
+from .hub import is_hub_repo_id
 from .loading import model_source
+from .training.checkpointing import EXPORT_IGNORE
 
 PACKAGE = Path(__file__).resolve().parent
 DISTRIBUTION = "detailflow-hf"
@@ -53,6 +57,7 @@ def _readme(hardware: str, hub_models: list[str]) -> str:
     _, header, body = source.split("---\n", 2)
     meta = yaml.safe_load(header)
     meta["sdk_version"] = importlib.metadata.version("gradio")
+    meta["python_version"] = f"{sys.version_info.major}.{sys.version_info.minor}"  # what the pins were made on
     meta["suggested_hardware"] = hardware
     if hub_models:
         meta["models"] = list(hub_models)
@@ -65,23 +70,39 @@ def build_space(output_dir: str | os.PathLike, model: str | None = None, hardwar
     which must not exist or be empty. Returns the folder."""
     if hardware not in HARDWARE:
         raise ValueError(f"hardware {hardware!r}: expected one of {', '.join(HARDWARE)}.")
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).resolve()
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise ValueError(f"{output_dir} already exists and is not an empty folder; give a new one.")
+    for distribution in (DISTRIBUTION, "gradio"):
+        try:
+            importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            raise ValueError(
+                f"building a Space needs the installed {distribution} distribution: pip install 'detailflow-hf[demo]'."
+            ) from None
     source = model_source(model) if model is not None else None
     hub_models = []
     if source is not None and source.repo_id:
         hub_models = [source.repo_id]
     elif source is not None and source.original:
-        hub_models = [name for name in source.original if not Path(name).expanduser().exists()]
-        local = [name for name in source.original if Path(name).expanduser().exists()]
-        if local:
-            raise ValueError(f"model {model}: a Space converts releases from Hub repos; {local[0]} is a local folder.")
+        hub_models = list(source.original)
+        for name in hub_models:
+            if not is_hub_repo_id(name):
+                raise ValueError(f"model {model}: a Space converts releases from Hub repos; {name!r} is not one.")
 
     # Written aside and moved into place at the end: an interrupted build leaves no half Space.
     staging = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        _write_space(staging, source, model, hardware, hub_models)
+        os.replace(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
+def _write_space(staging: Path, source, model, hardware: str, hub_models: list[str]) -> None:
     demo = importlib.resources.files("detailflow_hf.spaces_demo")
     with importlib.resources.as_file(demo) as demo_dir:
         shutil.copyfile(demo_dir / "app.py", staging / "app.py")
@@ -89,16 +110,20 @@ def build_space(output_dir: str | os.PathLike, model: str | None = None, hardwar
     skip = ["__pycache__", "*.pyc", "spaces_demo"] + (["default_model"] if source is not None else [])
     shutil.copytree(PACKAGE, staging / "detailflow_hf", ignore=shutil.ignore_patterns(*skip))
     served = None
-    if source is not None and source.folder:
-        shutil.copytree(source.folder, staging / LOCAL_MODEL_DIR)
+    if source is not None and source.folder:  # the export only: no checkpoints, logs or samples
+        shutil.copytree(source.folder, staging / LOCAL_MODEL_DIR, ignore=_ignore_outside_export)
         served = LOCAL_MODEL_DIR
     elif source is not None:
         served = str(model)
     (staging / SPACE_CONFIG).write_text(json.dumps({"model": served}, indent=1) + "\n")
     (staging / "requirements.txt").write_text("\n".join(pinned_requirements()) + "\n")
     (staging / "README.md").write_text(_readme(hardware, hub_models))
-    os.replace(staging, output_dir)
-    return output_dir
+
+
+def _ignore_outside_export(folder: str, names: list[str]) -> list[str]:
+    """For `shutil.copytree`: what a training run leaves beside its export (`EXPORT_IGNORE`)."""
+    top = [pattern.split("/")[0] for pattern in EXPORT_IGNORE]
+    return [name for name in names if any(fnmatch.fnmatch(name, pattern) for pattern in top)]
 
 
 __all__ = ["HARDWARE", "build_space", "pinned_requirements"]

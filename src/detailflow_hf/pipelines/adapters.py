@@ -88,8 +88,8 @@ def save_adapter(peft_model, folder: str | os.PathLike, base_model: str | None =
         f"A LoRA adapter (rank {rank}) for the DetailFlow generator"
         + (f" of `{base_model}`" if base_model else "")
         + f", with its own {len(labels)} classes ({names}).\n\n"
-        "```python\nfrom detailflow_hf import DetailFlowPipeline\n\n"
-        f"pipe = DetailFlowPipeline.from_pretrained({json.dumps(base_model or 'BASE_PIPELINE')})\n"
+        "```python\nfrom detailflow_hf import load_pipeline\n\n"
+        f"pipe = load_pipeline({json.dumps(base_model or 'BASE_PIPELINE')})\n"
         f"pipe.load_adapter({json.dumps(str(folder.name))})  # merged into the generator\n"
         f"images = pipe(class_labels={json.dumps([labels[k] for k in sorted(labels)[:2]])}).images\n```\n"
     )

@@ -252,9 +252,9 @@ def _vary(args) -> int:
     return 0
 
 
-# -- convert ----------------------------------------------------------------------------------------
-def _add_convert(subparsers):
-    p = subparsers.add_parser("convert", help="convert an original DetailFlow release to a pipeline folder")
+# -- convert / publish --------------------------------------------------------------------------------
+def _add_release_args(p):
+    """The release to convert: what `convert` and `publish` share."""
     p.add_argument(
         "--tokenizer", required=True, help="tokenizer release folder or Hub repo id (e.g. ByteFlow-AI/DetailFlow-16)"
     )
@@ -263,7 +263,6 @@ def _add_convert(subparsers):
         required=True,
         help="generator release folder or Hub repo id (e.g. ByteFlow-AI/DetailFlow-16-GPT-L)",
     )
-    p.add_argument("--output", required=True, help="pipeline folder to write")
     p.add_argument(
         "--tokenizer-architecture", help="JSON file with the encoder/decoder shapes (default: the release's)"
     )
@@ -272,29 +271,37 @@ def _add_convert(subparsers):
     p.add_argument(
         "--use-ema", action=argparse.BooleanOptionalAction, default=True, help="generator EMA weights (default)"
     )
-    p.add_argument("--with-code", action="store_true", help="also write the code, so stock diffusers can load it")
     add_sampling_args(p, default="the release's evaluation setting for its token count")
-    p.set_defaults(func=_convert)
 
 
-def _convert(args) -> int:
-    """The converted pipeline folder, with a card naming its sources (`release_card`)."""
-    from .conversion.original import convert_release
-
+def _conversion_arguments(args) -> dict:
+    """`convert_release`'s keyword arguments from `_add_release_args`' flags."""
     architecture = None
     if args.tokenizer_architecture:
         architecture = json.loads(Path(args.tokenizer_architecture).read_text())
-    from .hub import release_card, write_pipeline_folder
-
-    pipe = convert_release(
-        args.tokenizer,
-        args.generator,
+    return dict(
         tokenizer_architecture=architecture,
         use_ema=args.use_ema,
         tokenizer_checkpoint=args.tokenizer_checkpoint,
         generator_checkpoint=args.generator_checkpoint,
         sampling=sampling_arguments(args),
     )
+
+
+def _add_convert(subparsers):
+    p = subparsers.add_parser("convert", help="convert an original DetailFlow release to a pipeline folder")
+    _add_release_args(p)
+    p.add_argument("--output", required=True, help="pipeline folder to write")
+    p.add_argument("--with-code", action="store_true", help="also write the code, so stock diffusers can load it")
+    p.set_defaults(func=_convert)
+
+
+def _convert(args) -> int:
+    """The converted pipeline folder, with a card naming its sources (`release_card`)."""
+    from .conversion.original import convert_release
+    from .hub import release_card, write_pipeline_folder
+
+    pipe = convert_release(args.tokenizer, args.generator, **_conversion_arguments(args))
     card = release_card(
         pipe,
         Path(args.output).name,
@@ -309,22 +316,12 @@ def _convert(args) -> int:
     return 0
 
 
-# -- publish ----------------------------------------------------------------------------------------
 def _add_publish(subparsers):
     p = subparsers.add_parser(
         "publish", help="convert an original release and upload it as a ready-to-load Hub repo with a full card"
     )
-    p.add_argument(
-        "--tokenizer", required=True, help="tokenizer release: Hub repo id (e.g. ByteFlow-AI/DetailFlow-16)"
-    )
-    p.add_argument("--generator", required=True, help="generator release: Hub repo id (e.g. ...-16-GPT-L)")
+    _add_release_args(p)
     p.add_argument("--repo-id", required=True, help="the repo to create or update (OWNER/NAME)")
-    p.add_argument(
-        "--tokenizer-architecture", help="JSON file with the encoder/decoder shapes (default: the release's)"
-    )
-    p.add_argument(
-        "--use-ema", action=argparse.BooleanOptionalAction, default=True, help="generator EMA weights (default)"
-    )
     p.add_argument("--results", help="JSON file of measured numbers for the card ({metric: value})")
     p.add_argument("--num-samples", type=flags.int_range(0, 64, "a sample count"), default=8, help="0: no grid")
     p.add_argument("--device", default="cpu", help="where the sample grid is generated")
@@ -337,7 +334,6 @@ def _add_publish(subparsers):
 def _publish(args) -> int:
     from .hub import publish_release
 
-    architecture = json.loads(Path(args.tokenizer_architecture).read_text()) if args.tokenizer_architecture else None
     results = None
     if args.results:
         results = json.loads(Path(args.results).read_text())
@@ -347,14 +343,13 @@ def _publish(args) -> int:
         args.tokenizer,
         args.generator,
         args.repo_id,
-        tokenizer_architecture=architecture,
-        use_ema=args.use_ema,
         results=results,
         num_samples=args.num_samples,
         device=args.device,
         include_code=not args.no_code,
         private=args.private or None,
         create_pr=args.create_pr,
+        **_conversion_arguments(args),
     )
     print(f"published {args.repo_id}: {result}")
     return 0

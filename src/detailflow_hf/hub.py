@@ -408,34 +408,31 @@ def publish_release(
     repo_id: str,
     *,
     api=None,
-    tokenizer_architecture: dict | None = None,
-    use_ema: bool = True,
     results: dict | None = None,
     num_samples: int = 8,
     device: str = "cpu",
     include_code: bool = True,
     private: bool | None = None,
     create_pr: bool = False,
+    **conversion,
 ):
-    """Convert an original tokenizer + generator release and upload it to `repo_id` as a ready-to-load
-    pipeline: weights, code (`include_code`), a full card (`release_card`) and a grid of `num_samples`
-    samples (0: none). Returns the upload's result."""
+    """Convert an original tokenizer + generator release (`conversion`: `convert_release`'s keyword
+    arguments, e.g. `tokenizer_architecture`, `use_ema`, `sampling`) and upload it to `repo_id` as a
+    ready-to-load pipeline: weights, code (`include_code`), a full card (`release_card`) and a grid of
+    `num_samples` samples (0: none). Returns the upload's result."""
     from .conversion.original import convert_release
 
-    pipe = convert_release(
-        tokenizer_source, generator_source, tokenizer_architecture=tokenizer_architecture, use_ema=use_ema
-    )
+    pipe = convert_release(tokenizer_source, generator_source, **conversion)
     pipe.set_progress_bar_config(disable=True)
     grid = showcase_grid(pipe.to(device), num_samples) if num_samples else None
-    has_grid = grid is not None
     card = release_card(
         pipe,
         repo_id,
         tokenizer_source,
         generator_source,
         results,
-        use_ema=use_ema,
-        sample_grid=SAMPLE_GRID if has_grid else None,
+        use_ema=conversion.get("use_ema", True),
+        sample_grid=SAMPLE_GRID if grid is not None else None,
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_pipeline_folder(pipe.to("cpu"), tmp, card, include_code, grid)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the embedded default model (src/detailflow_hf/default_model) with this package's own training
-# scripts, offline and seeded, on a 2-core CPU (about 75 minutes). A maintainer script: it overwrites the
+# scripts, offline and seeded, on a 2-core CPU (about 77 minutes). A maintainer script: it overwrites the
 # embedded model. Needs: apt-get install fonts-noto-color-emoji unicode-data
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -83,24 +83,24 @@ def test_psnr_grows_with_the_number_of_tokens(default_pipe, heldout_images):
 
 def test_full_token_psnr_on_the_heldout_split_is_the_cards(default_pipe, heldout_images):
     """The card's headline numbers, recomputed here with all 64 tokens on the held-out emoji, as the dataset
-    draws them and re-drawn with another framing (90-110% of the frame, moved up to 3 px): 21.09 and 21.12 dB,
-    framing-independent (the target is 22 dB; the README says it is not reached yet)."""
+    draws them and re-drawn with another framing (90-110% of the frame, moved up to 3 px): 22.56 and 22.69 dB,
+    framing-independent, both above the 22 dB the model is held to."""
     results = json.loads((Path(detailflow_hf.DEFAULT_MODEL) / "results.json").read_text())
     measured = psnr_per_detail_level(default_pipe.vqvae, heldout_images, prefixes=[64])[64]
     assert measured == pytest.approx(results["tokenizer_psnr_db_per_num_tokens"]["64"], abs=0.01)
-    assert measured >= 21.0
+    assert measured >= 22.0
     reframed = torch.stack([to_tensor(Image.open(p)) for p in sorted(REFRAMED.glob("*.png"))])
     assert reframed.shape == (183, 3, 32, 32)
     measured = psnr_per_detail_level(default_pipe.vqvae, reframed, prefixes=[64])[64]
     assert measured == pytest.approx(results["tokenizer_psnr_db_per_num_tokens_reframed"]["64"], abs=0.01)
-    assert measured >= 21.0
+    assert measured >= 22.0
 
 
 def test_card_carries_the_measured_numbers(default_pipe):
     card = (Path(detailflow_hf.DEFAULT_MODEL) / "README.md").read_text()
     assert "tokenizer PSNR, all tokens (held-out)" in card and "generated images" in card
     # the usage example loads the embedded copy and names the model's own classes, not ImageNet's
-    assert "DetailFlowPipeline.from_pretrained(detailflow_hf.DEFAULT_MODEL)" in card
+    assert "load_pipeline(detailflow_hf.DEFAULT_MODEL)" in card
     first_two = json.dumps([default_pipe.labels.name(0), default_pipe.labels.name(1)], ensure_ascii=False)
     assert first_two in card
     assert "judge top-1 / top-5" in card and "Smileys & Emotion (" in card  # groups: metadata only
@@ -124,6 +124,9 @@ def test_wheel_contains_the_default_model(tmp_path):
         "detailflow_hf/default_model/transformer/model.safetensors",
         "detailflow_hf/default_model/README.md",
         "detailflow_hf/pipelines/imagenet_classes.json",
+        "detailflow_hf/spaces_demo/app.py",  # what `detailflow-hf space` copies
+        "detailflow_hf/spaces_demo/README.md",
+        "detailflow_hf/spaces_demo/examples/red_apple.png",
     ):
         assert required in names, required
     size = sum(info.file_size for info in zipfile.ZipFile(wheel).infolist() if "default_model" in info.filename)

@@ -110,3 +110,15 @@ def test_exported_code_is_copied_verbatim_and_each_folder_is_self_contained():
                 sibling = f"{source_folder}/{node.module}.py".lstrip("/")
                 beside = f"{folder}/{node.module}.py".lstrip("/")
                 assert exported.get(beside) == sibling, f"{source} imports .{node.module}: not exported as {beside}"
+
+
+def test_setup_cfg_lists_every_package():
+    """setup.cfg names its packages (the Space app is mapped in from spaces_demo/), so a new subpackage
+    must be added there or the wheel silently lacks it."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(PACKAGE.parents[1] / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    found = {module_name(path) for path in PACKAGE.rglob("__init__.py")} | {"detailflow_hf.spaces_demo"}
+    assert listed == found

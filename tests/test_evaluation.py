@@ -3,7 +3,6 @@ balanced 50k protocol, and a sample set that is the same with 1 and 2 processes.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from detailflow_hf.evaluation import (
     save_samples_npz,
 )
 from tests.feature_nets import TinyConvFeatures, tiny_extractor
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,12 +171,6 @@ def test_resumed_run_keeps_batches_and_refuses_other_settings(pipe, tmp_path):
     changed = SamplingConfig(num_samples=5, num_classes=10, seed=1, batch_size=2, guidance_scale=2.0)
     with pytest.raises(ValueError, match=r"other settings \(\['guidance_scale'\]\)"):
         generate_samples(pipe, changed, tmp_path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 EVAL_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}

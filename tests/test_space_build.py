@@ -3,11 +3,8 @@
 import importlib.metadata
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +19,9 @@ from detailflow_hf.cli import main
 from detailflow_hf.pipelines.image_processing import upscale
 from detailflow_hf.space import build_space
 
+from .servers import free_port, wait_until_serving
+
 pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def header(folder) -> dict:
@@ -135,13 +128,7 @@ def test_space_installs_in_a_fresh_venv_and_serves_through_gradio_client(tmp_pat
         server = subprocess.Popen([python, "app.py"], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
-        for _ in range(360):
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-                time.sleep(0.5)
+        wait_until_serving(url, server, (tmp_path / "server.log").read_text, tries=360)
         # the served package is the folder's own copy, not this checkout
         probe = [python, "-c", "import detailflow_hf; print(detailflow_hf.__file__)"]
         served_from = subprocess.run(probe, cwd=folder, env=env, capture_output=True, text=True).stdout.strip()

@@ -2,11 +2,8 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,14 +14,10 @@ from PIL import Image
 gradio = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
 from gradio_client import Client  # noqa: E402
 
+from .servers import free_port, wait_until_serving  # noqa: E402
+
 APP = Path(__file__).resolve().parents[1] / "spaces_demo" / "app.py"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def app_module_from_path():
@@ -116,13 +109,7 @@ def test_page_in_a_real_browser(converted_dir, tmp_path):
     server = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read().decode()[-2000:]
-                time.sleep(0.5)
+        wait_until_serving(url, server, lambda: server.stdout.read().decode())
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=CHROMIUM,

@@ -6,7 +6,6 @@ launcher); two CPU ranks need the torchrun launcher (`--multi_gpu`) plus `ACCELE
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.image_folder import load_example, tiny_tokenizer, write_image_folder
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(root: Path, out: Path, *extra: str):

@@ -239,6 +239,16 @@ def is_code_export(model_index: dict) -> bool:
 CODE_EXPORT_LOADING_ARGS = ("dtype", "torch_dtype", "variant", "vqvae", "transformer")
 
 
+def check_loading_arguments(name, kwargs: dict, allowed, what: str) -> None:
+    """The one rule for loading arguments: only `allowed` ones, and not `dtype` and `torch_dtype` together;
+    a `ValueError` naming `name` (the model or folder) and `what` it is otherwise."""
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name}: {what} loads with {', '.join(allowed)} only; got {', '.join(unknown)}.")
+    if kwargs.get("dtype") is not None and kwargs.get("torch_dtype") is not None:
+        raise ValueError(f"{name}: give dtype or torch_dtype (the same setting), not both.")
+
+
 def load_code_export(folder: str | Path, **kwargs):
     """Load a folder saved by `save_with_code` with this package's classes (no remote code).
 
@@ -247,14 +257,7 @@ def load_code_export(folder: str | Path, **kwargs):
     from .models import DetailFlowForImageGeneration, DetailFlowTokenizer
     from .pipelines.pipeline_detailflow import DetailFlowPipeline
 
-    unknown = sorted(set(kwargs) - set(CODE_EXPORT_LOADING_ARGS))
-    if unknown:
-        raise ValueError(
-            f"{folder}: a pipeline saved with its code loads with {', '.join(CODE_EXPORT_LOADING_ARGS)} only; "
-            f"got {', '.join(unknown)}."
-        )
-    if kwargs.get("dtype") is not None and kwargs.get("torch_dtype") is not None:
-        raise ValueError(f"{folder}: give dtype or torch_dtype (the same setting), not both.")
+    check_loading_arguments(folder, kwargs, CODE_EXPORT_LOADING_ARGS, "a pipeline saved with its code")
     folder = Path(folder)
     dtype = kwargs.get("dtype") if kwargs.get("dtype") is not None else kwargs.get("torch_dtype")
     variant = kwargs.get("variant")
@@ -434,13 +437,14 @@ def publish_release(
         use_ema=conversion.get("use_ema", True),
         sample_grid=SAMPLE_GRID if grid is not None else None,
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = write_pipeline_folder(pipe.to("cpu"), tmp, card, include_code, grid)
-        return push_folder(
-            folder,
-            repo_id,
-            api=api,
-            private=private,
-            commit_message=f"Convert {tokenizer_source} + {generator_source}",
-            create_pr=create_pr,
-        )
+    return push_pipeline(
+        pipe.to("cpu"),
+        repo_id,
+        api=api,
+        include_code=include_code,
+        private=private,
+        commit_message=f"Convert {tokenizer_source} + {generator_source}",
+        create_pr=create_pr,
+        card=card,
+        sample_grid=grid,
+    )

@@ -83,14 +83,6 @@ def model_source(model: str | os.PathLike | None) -> ModelSource:
     return ModelSource(repo_id=model)
 
 
-def _refuse(model, kwargs: dict, allowed, what: str):
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(f"model {model}: {what} loads with {', '.join(allowed)} only; got {', '.join(unknown)}.")
-    if kwargs.get("dtype") is not None and kwargs.get("torch_dtype") is not None:
-        raise ValueError(f"model {model}: give dtype or torch_dtype (the same setting), not both.")
-
-
 def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device | None = None, **kwargs):
     """A `DetailFlowPipeline` by name (see the module docstring), on `device`.
 
@@ -100,7 +92,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     sources the arguments of `conversion.load_original` (its `cache_dir` is where conversions are
     kept). An argument a layout cannot honour is a `ValueError` naming it, checked before any
     download, as is every other problem."""
-    from .hub import CODE_EXPORT_LOADING_ARGS, is_code_export, load_code_export
+    from .hub import CODE_EXPORT_LOADING_ARGS, check_loading_arguments, is_code_export, load_code_export
     from .pipelines.pipeline_detailflow import DetailFlowPipeline
 
     source = model_source(model)
@@ -109,13 +101,13 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         from .conversion.original import load_original
 
         own = [p.name for p in inspect.signature(load_original).parameters.values() if p.kind is p.KEYWORD_ONLY]
-        _refuse(model, kwargs, (*own, *PRETRAINED_LOADING_ARGS), "an original release")
+        check_loading_arguments(f"model {model}", kwargs, (*own, *PRETRAINED_LOADING_ARGS), "an original release")
         pipe = load_original(*source.original, **kwargs)
         return pipe.to(device) if device is not None else pipe
     download = {k: kwargs.pop(k) for k in DOWNLOAD_ARGS if k in kwargs}
     if source.folder and download:
         raise ValueError(f"model {model}: {', '.join(download)} apply to Hub repos, and this is a local folder.")
-    _refuse(model, kwargs, PRETRAINED_LOADING_ARGS, "a pipeline")
+    check_loading_arguments(f"model {model}", kwargs, PRETRAINED_LOADING_ARGS, "a pipeline")
     if source.folder:
         index_file = source.folder / "model_index.json"
     else:
@@ -123,7 +115,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
 
         index_file = Path(hf_hub_download(source.repo_id, "model_index.json", **download))
     if is_code_export(json.loads(index_file.read_text())):
-        _refuse(model, kwargs, CODE_EXPORT_LOADING_ARGS, "a pipeline saved with its code")
+        check_loading_arguments(f"model {model}", kwargs, CODE_EXPORT_LOADING_ARGS, "a pipeline saved with its code")
         folder = source.folder
         if folder is None:
             from huggingface_hub import snapshot_download

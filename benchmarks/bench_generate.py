@@ -1,42 +1,70 @@
-"""Time the KV-cached generate() against the original's recompute sampler, in one process.
+"""Time generate() against the original's recompute sampler (the reference path), in one process,
+and against what the hardware allows.
 
-Same random GPT-B-sized weights for both (12 layers, 768 wide, 12 heads; 128 tokens, groups of 8,
-8192 codes, 1000 classes), CFG 1.5, top_k 0. Per batch size it prints both medians, the speedup,
-tokens/s, peak memory, and the floor: the same chunks through bare cached forward passes with no
-sampling. The last line is the batch-8 speedup.
+Random weights of the release's generator shape (GPT-L: 24 layers, 1024 wide, 16 heads; 128 tokens,
+groups of 8, causal prefix 8, 8192 codes, 1000 classes), CFG 1.5, sampled (top_k 0), token ids only.
+Per batch size it prints the median time of the reference path (`use_cache=False`), of the default
+fast path and of `compile=True`, images/s, each path's speedup over the reference, and how far the
+fast paths sit above two floors of this device:
 
-    python benchmarks/bench_generate.py                       # CPU, batches 1, 8, 32
-    python benchmarks/bench_generate.py --device cuda --dtype bfloat16 --compile
+- bandwidth floor: every step reads all linear weights once; steps x weight bytes / measured read
+  bandwidth (a large tensor summed);
+- compute floor: the FLOPs the steps need (linear layers on the rows fed, the head on the rows kept,
+  attention over the cache) / measured GEMM peak (the best of a large `torch.mm` and, where weights
+  are packed, the packed GEMM on 1024 rows).
+
+    python benchmarks/bench_generate.py                        # 2-core CPU: batches 1, 2, 8 (~12 min)
+    python benchmarks/bench_generate.py --device cuda --dtype bfloat16 --compile --int8   # GPU: 1, 8, 64
+    python benchmarks/bench_generate.py --shape gpt-b --batches 1 8 32                     # the GPT-B case
+
+`--int8` adds the model loaded through transformers' `TorchAoConfig(Int8WeightOnlyConfig())` (the
+`quantization` extra), timed with the same settings (compiled only, with `--compile`).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import threading
+import tempfile
 import time
 from functools import partial
 
 import torch
 
 from detailflow_hf import DetailFlowARConfig, DetailFlowForImageGeneration
-from detailflow_hf.models.modeling_ar import CachedStepper
+from detailflow_hf.models.configuration_ar import llamagen_size
+from detailflow_hf.models.decoding import PackedLinears, packed_linear
+
+SHAPES = {"gpt-l": llamagen_size("GPT-L"), "gpt-b": llamagen_size("GPT-B")}
 
 
-def build_model(device: str, dtype: torch.dtype) -> DetailFlowForImageGeneration:
+def build_model(shape: str, device: str, dtype: torch.dtype) -> DetailFlowForImageGeneration:
     torch.manual_seed(0)
-    config = DetailFlowARConfig(
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        vocab_size=8192,
-        num_tokens=128,
-        group_size=8,
-        num_classes=1000,
-    )
+    config = DetailFlowARConfig(vocab_size=8192, num_tokens=128, group_size=8, num_classes=1000, **SHAPES[shape])
     model = DetailFlowForImageGeneration(config)
     torch.nn.init.normal_(model.lm_head.weight, std=0.02)  # the zero init would make every draw uniform
     return model.to(device=device, dtype=dtype).eval()
+
+
+def int8_model(model: DetailFlowForImageGeneration) -> DetailFlowForImageGeneration:
+    """The same weights loaded as the ecosystem does it: `from_pretrained(quantization_config=...)`."""
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        quantized = DetailFlowForImageGeneration.from_pretrained(
+            folder,
+            quantization_config=TorchAoConfig(Int8WeightOnlyConfig()),
+            dtype=model.dtype,
+            device_map=str(model.device),
+        )
+    return quantized.eval()
+
+
+def seeded(device: str) -> torch.Generator:
+    """A seeded generator for one timed function (its later runs continue the same stream)."""
+    return torch.Generator(device).manual_seed(0)
 
 
 def synchronize(device: str):
@@ -44,122 +72,120 @@ def synchronize(device: str):
         torch.cuda.synchronize()
 
 
-class PeakMemory:
-    """Peak memory of a block: CUDA allocator peak, or sampled process RSS above its start on CPU."""
-
-    def __init__(self, device: str):
-        self.device, self.peak = device, 0
-
-    def __enter__(self):
-        if self.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-        else:
-            import psutil
-
-            self.process, self.running = psutil.Process(), True
-            self.start = self.process.memory_info().rss
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self.process.memory_info().rss - self.start)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        if self.device == "cuda":
-            self.peak = torch.cuda.max_memory_allocated() - self.start
-        else:
-            self.running = False
-            self.thread.join()
-
-
-def median_time(fn, device: str, repeats: int) -> tuple[float, int]:
-    fn()  # warm-up
+def median_time(fn, device: str, repeats: int, warmup: bool = True) -> float:
+    if warmup:
+        fn()
     synchronize(device)
-    times, peak = [], 0
+    times = []
     for _ in range(repeats):
-        with PeakMemory(device) as memory:
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-        peak = max(peak, memory.peak)
-    return statistics.median(times), peak
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
-def bare_cached_passes(model: DetailFlowForImageGeneration, labels: torch.LongTensor, codes: torch.LongTensor):
-    """The fast path's forward passes on fixed codes: no guidance, no sampling, no callback."""
+def read_bandwidth(device: str) -> float:
+    """Bytes/s summing a 512 MiB float32 tensor (well beyond any cache)."""
+    data = torch.ones(128 * 2**20, device=device)
+    seconds = median_time(lambda: data.sum(), device, 10)
+    return data.numel() * 4 / seconds
+
+
+def gemm_peak(device: str, dtype: torch.dtype) -> float:
+    """FLOP/s of the fastest large matrix product this device runs in `dtype`."""
+    n = 8192 if device == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = 2 * n**3 / median_time(lambda: a @ b, device, 10)
+    probe = torch.nn.Linear(4096, 4096, bias=False).to(device=device, dtype=dtype)
+    packing = PackedLinears.for_model(probe)
+    if packing is not None:
+        x = torch.randn(1024, 4096, dtype=dtype)
+        packed = packing.packed[probe.weight]
+        best = max(best, 2 * 1024 * 4096**2 / median_time(lambda: packed_linear(x, packed, None, 4096), device, 10))
+    return best
+
+
+def decode_work(model: DetailFlowForImageGeneration, batch: int, guided: bool) -> tuple[int, float]:
+    """(weight bytes read over all steps, FLOPs) of one generation of `batch` images."""
+    config = model.config
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    body = sum(m.weight.numel() for m in linear if m is not model.lm_head)
+    head = model.lm_head.weight.numel()
+    weight_bytes = sum(m.weight.numel() for m in linear) * model.lm_head.weight.element_size()
+    rows = batch * (2 if guided else 1)
+    g, c = config.group_size, config.causal_num
     steps = model.prefix_lengths()
-    stepper = CachedStepper(model, labels, steps[-1], compile=False)
-    done = 0
+    flops, fed_so_far, done = 0.0, 0, 0
     for length in steps:
-        stepper(codes[:, :done], length - done)
-        done = length
+        sequence = 1 + done + (g - 1 if done >= c else 0)  # entries of the sequence of `done` codes
+        fed, new = sequence - fed_so_far, length - done
+        flops += 2 * rows * (fed * body + new * head)
+        flops += 4 * rows * fed * sequence * config.hidden_size * config.num_hidden_layers  # scores, values
+        fed_so_far, done = sequence, length
+    return weight_bytes * len(steps), flops
 
 
-def run_cpu(args):
-    model = build_model("cpu", torch.float32)
-    speedups = {}
+def run(args):
+    device, dtype = args.device, getattr(torch, args.dtype)
+    model = build_model(args.shape, device, dtype)
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    bandwidth, peak = read_bandwidth(device), gemm_peak(device, dtype)
+    print(
+        f"device: {name}; {args.shape}, {args.dtype}; read bandwidth {bandwidth / 1e9:.1f} GB/s, "
+        f"GEMM peak {peak / 1e9:.0f} GFLOP/s; packed linear weights: {PackedLinears.applies(model)}",
+        flush=True,
+    )
+    variants = {"fast": model}
+    if args.int8:
+        variants["int8"] = int8_model(model)
     for batch in args.batches:
-        labels = torch.arange(batch) % 1000
-        gen = torch.Generator().manual_seed(0)
-        reference_run = partial(model.generate, labels, guidance_scale=1.5, generator=gen, use_cache=False)
-        reference, ref_mem = median_time(reference_run, "cpu", args.repeats)
-        fast, fast_mem = median_time(
-            partial(model.generate, labels, guidance_scale=1.5, generator=gen), "cpu", args.repeats
-        )
-        codes = torch.randint(0, 8192, (batch, 128), generator=gen)
-        cfg_labels = torch.cat([labels, torch.full_like(labels, 1000)])
-        floor, _ = median_time(partial(bare_cached_passes, model, cfg_labels, codes), "cpu", args.repeats)
-        speedups[batch] = reference / fast
+        labels = torch.arange(batch, device=device) % 1000
+        reference_run = partial(model.generate, labels, guidance_scale=1.5, use_cache=False, generator=seeded(device))
+        reference = median_time(reference_run, device, args.repeats)
+        weight_bytes, flops = decode_work(model, batch, guided=True)
+        floors = {"bandwidth": weight_bytes / bandwidth, "compute": flops / peak}
         print(
-            f"batch {batch:3d}: reference {reference:7.3f} s  fast {fast:7.3f} s  speedup: {reference / fast:.2f}x  "
-            f"tokens/s {batch * 128 / fast:9.1f}  peak memory ref {ref_mem / 2**20:7.1f} MiB fast "
-            f"{fast_mem / 2**20:7.1f} MiB  "
-            f"floor {floor:7.3f} s  fast/floor {fast / floor:.2f}x",
+            f"batch {batch:3d}: reference {reference:8.3f} s ({batch / reference:7.2f} images/s); floors: "
+            f"bandwidth {floors['bandwidth']:.3f} s, compute {floors['compute']:.3f} s",
             flush=True,
         )
-    if 8 in speedups:
-        print(f"batch-8 speedup: {speedups[8]:.2f}x")
-
-
-def run_accelerator(args):
-    dtype = getattr(torch, args.dtype)
-    model = build_model(args.device, dtype)
-    name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
-    print(f"device: {name}, dtype {args.dtype}, compile {args.compile}")
-    for batch, label in ((1, "latency"), (args.throughput_batch, "throughput")):
-        labels = torch.arange(batch, device=args.device) % 1000
-        gen = torch.Generator(args.device).manual_seed(0)
-        model.generate(labels, generator=gen, compile=args.compile)  # compile / warm-up
-        reference_run = partial(model.generate, labels, generator=gen, use_cache=False)
-        reference, _ = median_time(reference_run, args.device, args.repeats)
-        fast_run = partial(model.generate, labels, generator=gen, compile=args.compile)
-        fast, memory = median_time(fast_run, args.device, args.repeats)
-        print(
-            f"{label} batch {batch}: reference {reference * 1000:8.1f} ms  fast {fast * 1000:8.1f} ms  "
-            f"speedup: {reference / fast:.2f}x  images/s {batch / fast:8.1f}  peak memory {memory / 2**20:.0f} MiB",
-            flush=True,
-        )
+        for label, variant in variants.items():
+            for compile in (False, True) if args.compile and label == "fast" else (args.compile,):
+                run_once = partial(
+                    variant.generate, labels, guidance_scale=1.5, compile=compile, generator=seeded(device)
+                )
+                first = time.perf_counter()
+                run_once()  # packing / compilation happen here
+                synchronize(device)
+                first = time.perf_counter() - first
+                seconds = median_time(run_once, device, args.repeats, warmup=False)
+                print(
+                    f"  {label}{' compile' if compile else ''}: {seconds:8.3f} s  {batch / seconds:8.2f} images/s  "
+                    f"{reference / seconds:5.2f}x the reference  {seconds / floors['bandwidth']:6.2f}x the "
+                    f"bandwidth floor  {seconds / floors['compute']:5.2f}x the compute floor  "
+                    f"(first call {first:.1f} s)",
+                    flush=True,
+                )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--throughput-batch", type=int, default=64)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="gpt-l")
+    parser.add_argument("--compile", action="store_true", help="also time compile=True (always on CPU runs)")
+    parser.add_argument("--int8", action="store_true", help="also time the torchao int8 weight-only model")
+    parser.add_argument("--batches", type=int, nargs="+", default=None)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    torch.set_grad_enabled(False)
+    if args.batches is None:
+        args.batches = [1, 2, 8] if args.device == "cpu" else [1, 8, 64]
     if args.device == "cpu":
-        run_cpu(args)
-    else:
-        run_accelerator(args)
+        args.compile = True
+    torch.set_grad_enabled(False)
+    run(args)
 
 
 if __name__ == "__main__":

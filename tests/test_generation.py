@@ -1,3 +1,6 @@
+import contextlib
+import copy
+
 import pytest
 import torch
 
@@ -28,14 +31,14 @@ def test_cached_greedy_equals_reference_and_fixture(gpt, expected, attn, scale, 
 
 def test_cached_logits_equal_full_forward(gpt, expected):
     """Every chunk the cache sees gives the logits the full sequence gives at those positions."""
-    from detailflow_hf.models.modeling_ar import CachedStepper
+    from detailflow_hf.models.decoding import CachedStepper
 
     z, labels = expected["ar.z"], expected["ar.labels"]
     full = gpt(z[:, :28], labels).logits  # 32 positions
-    stepper = CachedStepper(gpt, labels, 32, compile=False)
+    stepper = CachedStepper(gpt, labels, 32, gpt.sampling_params())
     pieces, done = [], 0
     for length in gpt.prefix_lengths():
-        pieces.append(stepper(z[:, :done], length - done))
+        pieces.append(stepper.logits(z[:, :done], length - done))
         done = length
     assert (torch.cat(pieces, dim=1) - full).abs().max() < 1e-5
 
@@ -94,6 +97,8 @@ def test_compiled_static_cache_path(gpt, expected):
     """Static cache + torch.compile (inductor on CPU): same ids, compiled once per (batch, num_tokens)."""
     from torch._dynamo.utils import counters
 
+    from detailflow_hf.models.decoding import COMPILED_STEPS
+
     labels = expected["ar.labels"]
     before = counters["stats"]["unique_graphs"]
     first = gpt.generate(labels, top_k=1, compile=True)
@@ -106,7 +111,7 @@ def test_compiled_static_cache_path(gpt, expected):
     graft = lambda step, tokens: donor[:, :8].clone() if tokens.shape[1] == 8 else None  # noqa: E731
     grafted = gpt.generate(labels, top_k=1, compile=True, callback=graft)
     assert torch.equal(grafted, gpt.generate(labels, top_k=1, callback=graft, use_cache=False))
-    assert len(gpt._compiled_decoding) == 1
+    assert len(COMPILED_STEPS[gpt]) == 1
     assert counters["stats"]["unique_graphs"] - before == 2  # later runs reuse them
 
 
@@ -183,17 +188,117 @@ def test_reference_and_fast_paths_draw_alike_with_per_image_generators(gpt):
 
 @pytest.mark.slow
 def test_the_compiled_step_has_no_graph_breaks(gpt):
-    """The step `compile=True` compiles (the model's forward on a static cache) is one graph on CPU."""
-    from transformers.cache_utils import StaticCache
+    """The step `compile=True` compiles (forward on the static cache, guidance, top-k/top-p sampling,
+    the packed linear layers where they apply) is one graph on CPU."""
+    from detailflow_hf.models.decoding import PackedLinears, decode_step, new_static_cache
 
     config = gpt.config
-    cache = StaticCache(config=config, max_cache_len=config.num_tokens)
-    cache.early_initialization(6, config.num_key_value_heads, config.head_dim, gpt.dtype, gpt.device)
+    sampler = gpt.sampling_params(temperature=1.3, top_k=50, top_p=0.9)
+    cache = new_static_cache(gpt, 6, config.num_tokens)
+    packing = PackedLinears.for_model(gpt)
     for chunk in (1, config.group_size):
         embeds = torch.randn(6, chunk, config.hidden_size)
         positions = torch.arange(chunk)[None]
-        explanation = torch._dynamo.explain(gpt.forward)(
-            inputs_embeds=embeds, position_ids=positions, cache=cache, logits_to_keep=chunk
-        )
+        uniforms = torch.rand(3, chunk, dtype=torch.float64)
+        with packing or contextlib.nullcontext():
+            explanation = torch._dynamo.explain(decode_step)(
+                gpt, sampler, embeds, positions, cache, chunk, torch.tensor(1.5), uniforms
+            )
         assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
+        graph = explanation.graphs[0].code
+        assert "packed_linear" in graph if packing is not None else "linear" in graph
         cache.reset()
+
+
+@pytest.mark.slow
+def test_compiled_sampling_draws_as_eager_with_per_image_generators(gpt):
+    def run(compile):
+        generators = [torch.Generator().manual_seed(s) for s in (31, 32, 33)]
+        return gpt.generate([2, 6, 8], generator=generators, temperature=1.1, top_k=40, compile=compile)
+
+    assert torch.equal(run(True), run(False))
+
+
+def test_sampling_inverts_the_cumulative_distribution():
+    from detailflow_hf.models.sampling import SamplingParams
+
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    logits = probs.log().expand(1, 20000, 4)
+    uniforms = SamplingParams().draw_uniforms(torch.Generator().manual_seed(0), 1, 20000, "cpu")
+    ids = SamplingParams().sample(logits, uniforms)
+    frequencies = torch.bincount(ids[0], minlength=4) / 20000
+    assert (frequencies - probs).abs().max() < 0.01  # 4 sigma of a 20000-draw frequency is 0.014
+    # the draw is the first id whose cumulative probability exceeds u: u=0.25 -> id 1 (0.1 < 0.25 < 0.3)
+    edges = torch.tensor([[0.0, 0.05, 0.25, 0.55, 0.65, 1 - 2**-53]], dtype=torch.float64)
+    assert SamplingParams().sample(probs.log().expand(1, 6, 4), edges).tolist() == [[0, 0, 1, 2, 3, 3]]
+    # filtered-out ids are never drawn, even at the ends of [0, 1)
+    top2 = SamplingParams(top_k=2).sample(probs.log().expand(1, 6, 4), edges)
+    assert top2.tolist() == [[2, 2, 2, 3, 3, 3]]  # 0.3 and 0.4 renormalised: 3/7 = 0.43
+    nucleus = SamplingParams(top_p=0.5).sample(probs.log().expand(1, 6, 4), edges)  # keeps 0.4 and 0.3
+    assert set(nucleus.flatten().tolist()) == {2, 3}
+    assert SamplingParams(do_sample=False).draw_uniforms(torch.Generator(), 2, 8, "cpu") is None
+
+
+def test_sampled_ids_do_not_depend_on_where_generation_stops(gpt):
+    """Each position has its own pre-drawn number: stopping early or resuming from a prefix of the same
+    sampled sequence gives the same ids."""
+    full = gpt.generate([1, 5], generator=torch.Generator().manual_seed(8), temperature=1.2)
+    early = gpt.generate([1, 5], generator=torch.Generator().manual_seed(8), temperature=1.2, num_tokens=12)
+    assert torch.equal(early, full[:, :12])
+    resumed = gpt.generate(
+        [1, 5], generator=torch.Generator().manual_seed(8), temperature=1.2, prefix_ids=full[:, :12]
+    )
+    assert torch.equal(resumed, full)
+
+
+def test_packed_linears_give_the_plain_logits_and_follow_weight_changes(gpt, expected):
+    from detailflow_hf.models.decoding import PackedLinears
+
+    if not PackedLinears.applies(gpt):
+        pytest.skip("weight packing applies to x86 CPUs with AVX2 / AVX-512 and oneDNN")
+    z, labels = expected["ar.z"], expected["ar.labels"]
+    packing = PackedLinears.for_model(gpt)
+    assert PackedLinears.for_model(gpt) is packing  # made once, reused
+    assert len(packing.packed) == 7 * gpt.config.num_hidden_layers + 1  # q, k, v, o, gate, up, down + head
+    plain = gpt(z[:, :28], labels).logits
+    with packing:
+        packed = gpt(z[:, :28], labels).logits
+    assert 0 < (packed - plain).abs().max() < 1e-5  # oneDNN's GEMM (not the plain path's), same numbers
+    original = gpt.lm_head.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            gpt.lm_head.weight[3] += 1.0  # an in-place update (an optimizer step, a merged adapter)
+        repacked = PackedLinears.for_model(gpt)
+        assert repacked is not packing
+        with repacked:
+            after = gpt(z[:, :28], labels).logits
+        assert (after - gpt(z[:, :28], labels).logits).abs().max() < 1e-5
+        assert (after - packed).abs().max() > 0.5
+    finally:
+        with torch.no_grad():
+            gpt.lm_head.weight.copy_(original)
+    half = copy.deepcopy(gpt).to(torch.bfloat16)
+    assert not PackedLinears.applies(half) and PackedLinears.for_model(half) is None
+
+
+def test_int8_weight_only_through_torchao(gpt, expected, tmp_path):
+    """transformers' own quantization path: `from_pretrained(quantization_config=TorchAoConfig(...))`."""
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    from detailflow_hf import DetailFlowForImageGeneration
+    from detailflow_hf.models.decoding import PackedLinears
+
+    gpt.save_pretrained(tmp_path)
+    int8 = DetailFlowForImageGeneration.from_pretrained(
+        tmp_path, quantization_config=TorchAoConfig(Int8WeightOnlyConfig())
+    ).eval()
+    assert type(int8.model.layers[0].mlp.up_proj.weight.data).__name__ == "Int8Tensor"
+    z, labels = expected["ar.z"], expected["ar.labels"]
+    plain, quantized = gpt(z[:, :28], labels).logits, int8(z[:, :28], labels).logits
+    assert (quantized - plain).norm() < 0.05 * plain.norm()  # measured 0.024: int8 rows, one scale each
+    assert (quantized.argmax(-1) == plain.argmax(-1)).float().mean() > 0.9  # measured 0.97
+    # packing leaves the int8 weights alone (only the float head is packed) and decodes as the reference
+    if PackedLinears.applies(int8):
+        assert len(PackedLinears.for_model(int8).packed) == 1
+    assert torch.equal(int8.generate(labels, top_k=1), int8.generate(labels, top_k=1, use_cache=False))

@@ -45,7 +45,7 @@ def test_folder_for_the_embedded_model(tmp_path):
     # every run-time requirement of the package, pinned to what is installed here (no local +cpu label)
     assert [r.split("==")[0] for r in requirements] == [
         "torch", "transformers", "diffusers", "accelerate", "datasets", "huggingface_hub", "safetensors", "peft",
-        "numpy", "Pillow", "PyYAML",
+        "psutil", "numpy", "Pillow", "PyYAML",
     ]  # fmt: skip
     assert f"torch=={torch.__version__.split('+')[0]}" in requirements and "diffusers==0.42.1" in requirements
     assert sorted(p.name for p in (folder / "examples").iterdir()) == ["cat_face.png", "red_apple.png", "rocket.png"]

@@ -31,6 +31,7 @@ CODE_FILES = [
     ("models/tokenizer.py", "vqvae/detailflow_tokenizer.py"),
     ("models/schedule.py", "vqvae/schedule.py"),
     ("models/modeling_ar.py", "transformer/modeling_detailflow_ar.py"),
+    ("models/decoding.py", "transformer/decoding.py"),
     ("models/configuration_ar.py", "transformer/configuration_ar.py"),
     ("models/sampling.py", "transformer/sampling.py"),
     ("models/schedule.py", "transformer/schedule.py"),

@@ -14,7 +14,8 @@ positions and block-causal (bidirectional inside a block) after. RoPE is 2D over
 
 Generation runs every step through [`DetailFlowForImageGeneration.forward`]: the reference path
 recomputes the whole sequence each step (as the original sampler), the fast path feeds only the
-entries the KV cache has not seen. Sampling defaults live in the model's `generation_config`.
+entries the KV cache has not seen (both in `decoding.py`). Sampling defaults live in the model's
+`generation_config`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache, StaticCache
+from transformers.cache_utils import Cache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -37,7 +38,8 @@ from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_ar import DetailFlowARConfig
-from .sampling import SamplingParams, apply_guidance
+from .decoding import CachedStepper, RecomputeStepper
+from .sampling import SamplingParams
 from .schedule import prefix_lengths
 
 
@@ -383,8 +385,9 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
         The first `causal_num` tokens come one at a time, then `group_size` at a time. With
         `guidance_scale > 1` the conditional and null-class halves run in one batch and combine as
         `u + s (c - u)`; `gradual_guidance` lowers `s` linearly over the groups (the token-by-token
-        prefix keeps `s`). Sampling: `/ temperature`, top-k (`top_k=1` is greedy), top-p, one
-        multinomial draw per position; `do_sample=False` takes the arg-max.
+        prefix keeps `s`). Sampling: `/ temperature`, top-k (`top_k=1` is greedy), top-p, then one
+        draw per position from uniforms drawn before decoding starts (see
+        [`SamplingParams.draw_uniforms`]); `do_sample=False` takes the arg-max.
 
         Args:
             guidance_scale, gradual_guidance, do_sample, temperature, top_k, top_p: `None` (default)
@@ -403,10 +406,15 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
             generator: one `torch.Generator`, or one per image. With a list, each image draws from
                 its own stream, so its tokens do not depend on the rest of the batch (up to the
                 last bits of the logits, which can differ between batch sizes and, rarely, flip a draw).
+                Every decoding path draws the same numbers for the same position, so the reference,
+                cached and compiled paths sample alike.
             use_cache: decode against a KV cache (fast, default); `False` recomputes the whole
-                prefix at every step as the original does (the reference path).
-            compile: with the cache, use a static cache and a `torch.compile`d step (CUDA graphs on
-                GPU), compiled once per (batch, num_tokens, device, dtype) and reused.
+                prefix at every step as the original does (the reference path). On an x86 CPU in
+                float32 the cached path runs its linear layers on weights pre-packed for oneDNN (a
+                copy as large as the weights, made on first use and kept until a weight changes).
+            compile: with the cache, run each step (forward, guidance and sampling) as one
+                `torch.compile`d graph (CUDA graphs on GPU), compiled once per (batch, num_tokens,
+                device, dtype, sampling settings) and reused; the first call pays the compilation.
 
         Returns:
             `(batch, num_tokens)` long ids, or a [`DetailFlowGenerationOutput`] with `return_dict=True`.
@@ -423,33 +431,41 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
             top_p=top_p,
         )
         labels = self._check_labels(class_labels, allow_null=False)
-        generators = _check_generators(generator, labels.shape[0])
         steps = self.prefix_lengths(num_tokens)
         codes = self._check_prefix_ids(prefix_ids, labels.shape[0], steps[-1])
+        uniforms = params.draw_uniforms(generator, labels.shape[0], self.config.num_tokens, self.device)
+        scales = None
         if params.guidance_scale > 1.0:
             labels = torch.cat([labels, torch.full_like(labels, self.config.null_class_id)])
-        stepper = CachedStepper(self, labels, steps[-1], compile) if use_cache else RecomputeStepper(self, labels)
+            scales = torch.tensor([self._guidance_scale(params, length) for length in steps], device=self.device)
+        if use_cache:
+            stepper = CachedStepper(self, labels, steps[-1], params, compile=compile, guided=scales is not None)
+        else:
+            stepper = RecomputeStepper(self, labels, params)
         for step, length in enumerate(steps):
-            if length <= codes.shape[1]:
+            done = codes.shape[1]
+            if length <= done:
                 continue  # given by prefix_ids
-            logits = self._guided(stepper(codes, length - codes.shape[1]), params, length)
-            codes = torch.cat([codes, params.sample(logits, generators)], dim=1)
+            new_ids = stepper(
+                codes,
+                length - done,
+                scale=None if scales is None else scales[step],
+                uniforms=None if uniforms is None else uniforms[:, done:length],
+            )
+            codes = torch.cat([codes, new_ids], dim=1)
             if callback is not None and (replaced := callback(step, codes)) is not None:
                 codes = self._replace_codes(codes, replaced, stepper)
             if interrupt is not None and interrupt():
                 break
         return DetailFlowGenerationOutput(sequences=codes) if return_dict else codes
 
-    def _guided(self, logits: torch.Tensor, params: SamplingParams, length: int) -> torch.Tensor:
-        """The step reaching `length` tokens: `[cond; uncond]` logits combined at its guidance (the
-        plain scale for the causal prefix, the group's under gradual guidance); as is without CFG."""
-        if params.guidance_scale <= 1.0:
-            return logits
+    def _guidance_scale(self, params: SamplingParams, length: int) -> float:
+        """Guidance of the step reaching `length` tokens: the plain scale for the causal prefix, the
+        group's under gradual guidance."""
         g, c = self.config.group_size, self.config.causal_num
-        scale = params.guidance_scale
-        if length > c:
-            scale = params.guidance_for_group(length // g - 1, self.config.num_tokens // g)
-        return apply_guidance(logits, scale)
+        if length <= c:
+            return params.guidance_scale
+        return params.guidance_for_group(length // g - 1, self.config.num_tokens // g)
 
     def _check_prefix_ids(self, prefix_ids, batch: int, num_tokens: int) -> torch.LongTensor:
         """`prefix_ids` as `(batch, k)` long ids on the model's device (`None`: `k = 0`)."""
@@ -492,86 +508,6 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
         if not torch.equal(replaced, codes):
             stepper.reset()
         return replaced
-
-
-def _check_generators(generator, batch_size: int):
-    if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
-        raise ValueError(
-            f"got {len(generator)} generators for {batch_size} class labels; pass one per image or a single one."
-        )
-    return generator
-
-
-class RecomputeStepper:
-    """Reference step: run the whole sequence again and keep the last `new` logits (as the original)."""
-
-    def __init__(self, model: DetailFlowForImageGeneration, labels: torch.LongTensor):
-        self.model, self.labels = model, labels
-
-    def __call__(self, codes: torch.LongTensor, new: int) -> torch.Tensor:
-        prefix = codes.repeat(self.labels.shape[0] // codes.shape[0], 1)
-        return self.model(input_ids=prefix, class_labels=self.labels, logits_to_keep=new).logits
-
-    def reset(self):
-        """Nothing is kept between steps."""
-
-
-class CachedStepper:
-    """Fast step: feed only the entries of the sequence the KV cache has not seen.
-
-    Each call embeds the sequence of the codes so far (`embed_sequence`, the one layout) and feeds
-    its unseen tail: the class token; then each new code of the causal prefix; then `x_{c-1}` with
-    the `g - 1` special tokens; then each finished group. Each chunk ends with exactly the
-    positions that predict the next tokens. After `reset()` the next call feeds the whole sequence
-    at once (a prefill) and continues from there.
-    """
-
-    def __init__(self, model: DetailFlowForImageGeneration, labels: torch.LongTensor, num_tokens: int, compile: bool):
-        self.model, self.labels = model, labels
-        self.graphed = compile and model.device.type == "cuda"
-        self.compiled = None
-        if compile:
-            self.cache, self.compiled = compiled_decoding(model, labels.shape[0], num_tokens)
-        self.reset()
-
-    def reset(self):
-        self.position = 0
-        if self.compiled is None:
-            self.cache = DynamicCache(config=self.model.config)
-        else:
-            self.cache.reset()
-
-    def __call__(self, codes: torch.LongTensor, new: int) -> torch.Tensor:
-        codes = codes.repeat(self.labels.shape[0] // codes.shape[0], 1)
-        # contiguous: a compiled step is specialised on strides, and the view's would change every step
-        embeds = self.model.model.embed_sequence(codes, self.labels)[:, self.position :].contiguous()
-        positions = torch.arange(self.position, self.position + embeds.shape[1], device=embeds.device)[None]
-        self.position += embeds.shape[1]
-        forward = self.model.forward
-        if self.compiled is not None and embeds.shape[1] in (1, self.model.config.group_size):
-            forward = self.compiled  # the two chunk shapes of plain decoding; a prefill runs eagerly
-            if self.graphed:
-                torch.compiler.cudagraph_mark_step_begin()
-        return forward(inputs_embeds=embeds, position_ids=positions, cache=self.cache, logits_to_keep=new).logits
-
-
-def compiled_decoding(model: DetailFlowForImageGeneration, batch_size: int, num_tokens: int):
-    """A static cache and a compiled `forward` for this (batch, length, device, dtype), made once.
-
-    Only two chunk shapes occur (1 and `group_size` entries), so each key compiles two graphs and a
-    long run never recompiles. CUDA gets CUDA graphs (`reduce-overhead`); other devices plain inductor.
-    """
-    key = (batch_size, num_tokens, model.device, model.dtype)
-    store = model.__dict__.setdefault("_compiled_decoding", {})
-    if key not in store:
-        # Stopping after k tokens feeds exactly k entries: the class token, k - g codes, g - 1 specials.
-        cache = StaticCache(config=model.config, max_cache_len=num_tokens)
-        # Allocated outside the compiled region so that its buffers get static addresses (CUDA graphs).
-        config = model.config
-        cache.early_initialization(batch_size, config.num_key_value_heads, config.head_dim, model.dtype, model.device)
-        mode = "reduce-overhead" if model.device.type == "cuda" else None
-        store[key] = (cache, torch.compile(model.forward, dynamic=False, mode=mode))
-    return store[key]
 
 
 __all__ = [

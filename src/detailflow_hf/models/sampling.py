@@ -1,8 +1,12 @@
 """Sampling of the DetailFlow generator: its settings, CFG combination, guidance schedule, top-k/top-p
 (docs/algorithm.md §5).
 
-The operations follow the original `generate.py` one for one (transformers' logits warpers are
-not bit-identical to it), so that greedy and seeded sampling reproduce the release.
+Guidance, temperature and top-k/top-p follow the original `generate.py` one for one (transformers'
+logits warpers are not bit-identical to it), so greedy ids reproduce the release and sampling draws
+from the release's distribution. The draw itself differs: the original calls `torch.multinomial`
+position by position, here every position inverts its cumulative distribution at a uniform drawn
+before decoding (see [`SamplingParams.draw_uniforms`]), which a compiled step can do with no random
+state and no host synchronisation; seeded samples are therefore not the original's seeded samples.
 
 Settings come from three places, first match wins: an explicit argument, the model's
 `generation_config` (saved as `generation_config.json` beside the weights), then
@@ -98,27 +102,69 @@ class SamplingParams:
             return self.guidance_scale
         return self.guidance_scale * (num_groups - group_index + 1) / (num_groups + 1)
 
-    def sample(
-        self, logits: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
-    ) -> torch.LongTensor:
-        """`(batch, positions, vocab)` -> `(batch, positions)`, one draw per position in order."""
+    def draw_uniforms(
+        self,
+        generator: torch.Generator | list[torch.Generator] | None,
+        batch_size: int,
+        num_tokens: int,
+        device: torch.device,
+    ) -> torch.Tensor | None:
+        """The random numbers of a whole generation, drawn before decoding starts.
+
+        One uniform in `[0, 1)` per image and token position, `(batch_size, num_tokens)` on `device`
+        (float64; float32 on MPS, which has no float64); `None` when not sampling. With a list,
+        image `b` draws its row from `generator[b]` alone (so its tokens do not depend on the rest
+        of the batch); one generator (or the global RNG with `None`) draws the batch row by row.
+        Every path then samples position `p` with column `p` (see [`~SamplingParams.sample`]), so
+        the recompute, cached and compiled paths draw alike, and stopping early or continuing a
+        prefix never shifts the numbers of later positions.
+        """
+        device = torch.device(device)
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != batch_size:
+                raise ValueError(
+                    f"got {len(generator)} generators for {batch_size} class labels; pass one per image or a "
+                    "single one."
+                )
+            if not self.do_sample:
+                return None
+            rows = [torch.rand(num_tokens, generator=g, device=g.device, dtype=dtype) for g in generator]
+            return torch.stack([row.to(device) for row in rows])
+        if not self.do_sample:
+            return None
+        rng_device = generator.device if generator is not None else device
+        return torch.rand(batch_size, num_tokens, generator=generator, device=rng_device, dtype=dtype).to(device)
+
+    def sample(self, logits: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.LongTensor:
+        """`(batch, positions, vocab)` logits -> `(batch, positions)` ids, every position at once.
+
+        Greedy (`do_sample=False`) takes the arg-max. Sampling divides by the temperature, filters
+        (top-k, then top-p) and inverts the cumulative distribution at `uniforms` `(batch, positions)`
+        (from [`~SamplingParams.draw_uniforms`]): the id drawn is the first whose cumulative
+        probability exceeds `u` times the total, an exact draw from the filtered distribution that
+        needs no host synchronisation, no loop and no random state inside the step. The cumulative
+        sum runs in the uniforms' float64, so a filtered-out id (probability 0) is never picked.
+        """
         if not self.do_sample:
             return logits.argmax(dim=-1)
-        return torch.stack(
-            [
-                sample_tokens(logits[:, k], self.temperature, self.top_k, self.top_p, generator)
-                for k in range(logits.shape[1])
-            ],
-            dim=1,
-        )
+        logits = logits / max(self.temperature, 1e-5)
+        if self.top_k > 0 or self.top_p < 1.0:
+            logits = filter_logits(logits, self.top_k, self.top_p)
+        cumulative = F.softmax(logits, dim=-1).to(uniforms.dtype).cumsum(dim=-1)
+        threshold = uniforms * cumulative[..., -1]
+        ids = (cumulative <= threshold[..., None]).sum(dim=-1)
+        return ids.clamp_max(logits.shape[-1] - 1)
 
 
 SAMPLING_ARGUMENTS = tuple(f.name for f in fields(SamplingParams))
 """The names of the sampling settings, as `generate()`, the pipeline and `generation_config.json` spell them."""
 
 
-def apply_guidance(logits: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """`(2B, ..., V)` logits of `[cond; uncond]` -> `(B, ..., V)` guided logits `u + s (c - u)`."""
+def apply_guidance(logits: torch.Tensor, guidance_scale: float | torch.Tensor) -> torch.Tensor:
+    """`(2B, ..., V)` logits of `[cond; uncond]` -> `(B, ..., V)` guided logits `u + s (c - u)`.
+
+    `guidance_scale` may be a 0-d tensor (a compiled step takes it as an input, not a constant)."""
     cond, uncond = logits.float().chunk(2, dim=0)
     return uncond + (cond - uncond) * guidance_scale
 
@@ -126,7 +172,7 @@ def apply_guidance(logits: torch.Tensor, guidance_scale: float) -> torch.Tensor:
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Set to -inf the logits outside the top-k (ties kept), then outside the nucleus `top_p`.
 
-    `logits` is `(batch, vocab)`; the top token always survives.
+    `logits` is `(..., vocab)`; the top token always survives.
     """
     if top_k > 0:
         k = min(max(top_k, 1), logits.shape[-1])
@@ -142,24 +188,4 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def sample_tokens(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-) -> torch.LongTensor:
-    """Sample one id per row of `(batch, vocab)` logits (temperature, then top-k/top-p, then multinomial).
-
-    `generator` may be a list with one generator per row: each row then draws from its own stream.
-    """
-    logits = logits / max(temperature, 1e-5)
-    if top_k > 0 or top_p < 1.0:
-        logits = filter_logits(logits, top_k, top_p)
-    probs = F.softmax(logits, dim=-1)
-    if isinstance(generator, (list, tuple)):
-        return torch.cat([torch.multinomial(row[None], 1, generator=gen)[0] for row, gen in zip(probs, generator)])
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-
-
-__all__ = ["SAMPLING_ARGUMENTS", "SamplingParams", "apply_guidance", "filter_logits", "sample_tokens"]
+__all__ = ["SAMPLING_ARGUMENTS", "SamplingParams", "apply_guidance", "filter_logits"]

@@ -115,6 +115,22 @@ def test_compiled_static_cache_path(gpt, expected):
     assert counters["stats"]["unique_graphs"] - before == 2  # later runs reuse them
 
 
+@pytest.mark.slow
+def test_compiled_steps_of_many_batch_sizes_coexist(gpt):
+    """Each batch size compiles its own two graphs; more keys than dynamo's 8 graphs per function is fine
+    (the fifth would fail a fullgraph compile if the keys shared one function)."""
+    from torch._dynamo.utils import counters
+
+    for batch in range(1, 6):
+        labels = list(range(batch))
+        before = counters["stats"]["unique_graphs"]
+        assert torch.equal(gpt.generate(labels, top_k=1, compile=True), gpt.generate(labels, top_k=1)), batch
+        assert counters["stats"]["unique_graphs"] - before in (0, 2)  # 0: an earlier test compiled this key
+    before = counters["stats"]["unique_graphs"]
+    gpt.generate([0], top_k=1, compile=True)
+    assert counters["stats"]["unique_graphs"] == before  # the first key is still there
+
+
 # -- continuing a given prefix (image-conditioned generation) --------------------------------------------
 @pytest.mark.parametrize("use_cache", [True, False])
 @pytest.mark.parametrize("scale", [1.0, 1.5])

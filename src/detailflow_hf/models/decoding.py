@@ -14,7 +14,9 @@ here: it imports this module).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import types
 import weakref
 
 import torch
@@ -183,7 +185,7 @@ def compiled_decoding(model: PreTrainedModel, rows: int, num_tokens: int, sample
     store = COMPILED_STEPS.setdefault(model, {})
     if key not in store:
         mode = "reduce-overhead" if model.device.type == "cuda" else None
-        step = torch.compile(decode_step, fullgraph=True, dynamic=False, mode=mode)
+        step = torch.compile(own_copy(decode_step), fullgraph=True, dynamic=False, mode=mode)
         owner = weakref.ref(model)  # the store must not keep its own key alive
 
         def compiled(embeds, position_ids, cache, new, scale, uniforms):
@@ -191,6 +193,20 @@ def compiled_decoding(model: PreTrainedModel, rows: int, num_tokens: int, sample
 
         store[key] = (new_static_cache(model, rows, num_tokens), compiled)
     return store[key]
+
+
+_copies = itertools.count()
+
+
+def own_copy(function: types.FunctionType) -> types.FunctionType:
+    """`function` with a code object of its own.
+
+    Dynamo keeps compiled graphs per code object, at most `recompile_limit` (8) of them, and fails
+    a `fullgraph` compile beyond that; each [`compiled_decoding`] key compiles its own copy, so any
+    number of keys coexist and none evicts another.
+    """
+    code = function.__code__.replace(co_name=f"{function.__name__}_{next(_copies)}")
+    return types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__, function.__closure__)
 
 
 def packed_linear_eager(

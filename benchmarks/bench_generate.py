@@ -7,8 +7,8 @@ Per batch size it prints the median time of the reference path (`use_cache=False
 fast path and of `compile=True`, images/s, each path's speedup over the reference, and how far the
 fast paths sit above two floors of this device:
 
-- bandwidth floor: every step reads all linear weights once; steps x weight bytes / measured read
-  bandwidth (a large tensor summed);
+- bandwidth floor: every step reads all linear weights once and the keys/values cached so far; those
+  bytes / measured read bandwidth (a large tensor summed);
 - compute floor: the FLOPs the steps need (linear layers on the rows fed, the head on the rows kept,
   attention over the cache) / measured GEMM peak (the best of a large `torch.mm` and, where weights
   are packed, the packed GEMM on 1024 rows).
@@ -18,7 +18,8 @@ fast paths sit above two floors of this device:
     python benchmarks/bench_generate.py --shape gpt-b --batches 1 8 32                     # the GPT-B case
 
 `--int8` adds the model loaded through transformers' `TorchAoConfig(Int8WeightOnlyConfig())` (the
-`quantization` extra), timed with the same settings (compiled only, with `--compile`).
+`quantization` extra), timed with the same settings (compiled only, with `--compile`) and set
+against the same floors, those of the float model: its own bandwidth floor is lower.
 """
 
 from __future__ import annotations
@@ -108,23 +109,30 @@ def gemm_peak(device: str, dtype: torch.dtype) -> float:
 
 
 def decode_work(model: DetailFlowForImageGeneration, batch: int, guided: bool) -> tuple[int, float]:
-    """(weight bytes read over all steps, FLOPs) of one generation of `batch` images."""
+    """(bytes that must be read, FLOPs) of one generation of `batch` images on the cached path.
+
+    Bytes: every step reads all linear weights and the keys and values cached so far. FLOPs: the
+    linear layers on the entries fed, the head on the positions kept, attention over the cache.
+    The sequence lengths come from `embed_sequence`, the one owner of the layout.
+    """
     config = model.config
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     body = sum(m.weight.numel() for m in linear if m is not model.lm_head)
     head = model.lm_head.weight.numel()
-    weight_bytes = sum(m.weight.numel() for m in linear) * model.lm_head.weight.element_size()
+    element = model.lm_head.weight.element_size()
     rows = batch * (2 if guided else 1)
-    g, c = config.group_size, config.causal_num
-    steps = model.prefix_lengths()
-    flops, fed_so_far, done = 0.0, 0, 0
-    for length in steps:
-        sequence = 1 + done + (g - 1 if done >= c else 0)  # entries of the sequence of `done` codes
+    kv_width = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim  # keys + values
+    label = torch.zeros(1, dtype=torch.long, device=model.device)
+    bytes_read, flops, fed_so_far, done = 0, 0.0, 0, 0
+    for length in model.prefix_lengths():
+        codes = torch.zeros(1, done, dtype=torch.long, device=model.device)
+        sequence = model.model.embed_sequence(codes, label).shape[1]
         fed, new = sequence - fed_so_far, length - done
+        bytes_read += (body + head) * element + rows * sequence * kv_width * element
         flops += 2 * rows * (fed * body + new * head)
         flops += 4 * rows * fed * sequence * config.hidden_size * config.num_hidden_layers  # scores, values
         fed_so_far, done = sequence, length
-    return weight_bytes * len(steps), flops
+    return bytes_read, flops
 
 
 def run(args):
@@ -144,8 +152,8 @@ def run(args):
         labels = torch.arange(batch, device=device) % 1000
         reference_run = partial(model.generate, labels, guidance_scale=1.5, use_cache=False, generator=seeded(device))
         reference = median_time(reference_run, device, args.repeats)
-        weight_bytes, flops = decode_work(model, batch, guided=True)
-        floors = {"bandwidth": weight_bytes / bandwidth, "compute": flops / peak}
+        bytes_read, flops = decode_work(model, batch, guided=True)
+        floors = {"bandwidth": bytes_read / bandwidth, "compute": flops / peak}
         print(
             f"batch {batch:3d}: reference {reference:8.3f} s ({batch / reference:7.2f} images/s); floors: "
             f"bandwidth {floors['bandwidth']:.3f} s, compute {floors['compute']:.3f} s",

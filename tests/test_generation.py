@@ -1,5 +1,6 @@
 import contextlib
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ def test_cached_logits_equal_full_forward(gpt, expected):
 
     z, labels = expected["ar.z"], expected["ar.labels"]
     full = gpt(z[:, :28], labels).logits  # 32 positions
-    stepper = CachedStepper(gpt, labels, 32, gpt.sampling_params())
+    stepper = CachedStepper(gpt, labels, gpt.sampling_params())
     pieces, done = [], 0
     for length in gpt.prefix_lengths():
         pieces.append(stepper.logits(z[:, :done], length - done))
@@ -118,17 +119,24 @@ def test_compiled_static_cache_path(gpt, expected):
 @pytest.mark.slow
 def test_compiled_steps_of_many_batch_sizes_coexist(gpt):
     """Each batch size compiles its own two graphs; more keys than dynamo's 8 graphs per function is fine
-    (the fifth would fail a fullgraph compile if the keys shared one function)."""
+    (the fifth would fail a fullgraph compile if the keys shared one function). The model keeps the 4 most
+    recently used (each holds a KV cache)."""
     from torch._dynamo.utils import counters
 
+    from detailflow_hf.models.decoding import COMPILED_STEPS, MAX_COMPILED_PER_MODEL
+
+    COMPILED_STEPS.pop(gpt, None)
     for batch in range(1, 6):
         labels = list(range(batch))
         before = counters["stats"]["unique_graphs"]
         assert torch.equal(gpt.generate(labels, top_k=1, compile=True), gpt.generate(labels, top_k=1)), batch
-        assert counters["stats"]["unique_graphs"] - before in (0, 2)  # 0: an earlier test compiled this key
+        assert counters["stats"]["unique_graphs"] - before == 2
+    assert MAX_COMPILED_PER_MODEL == 4 and [key[0] for key in COMPILED_STEPS[gpt]] == [4, 6, 8, 10]  # CFG rows
     before = counters["stats"]["unique_graphs"]
+    gpt.generate([0, 1], top_k=1, compile=True)
+    assert counters["stats"]["unique_graphs"] == before  # kept: reused
     gpt.generate([0], top_k=1, compile=True)
-    assert counters["stats"]["unique_graphs"] == before  # the first key is still there
+    assert counters["stats"]["unique_graphs"] == before + 2  # evicted (least recently used): compiled again
 
 
 # -- continuing a given prefix (image-conditioned generation) --------------------------------------------
@@ -210,7 +218,7 @@ def test_the_compiled_step_has_no_graph_breaks(gpt):
 
     config = gpt.config
     sampler = gpt.sampling_params(temperature=1.3, top_k=50, top_p=0.9)
-    cache = new_static_cache(gpt, 6, config.num_tokens)
+    cache = new_static_cache(gpt, 6)
     packing = PackedLinears.for_model(gpt)
     for chunk in (1, config.group_size):
         embeds = torch.randn(6, chunk, config.hidden_size)
@@ -267,7 +275,8 @@ def test_sampled_ids_do_not_depend_on_where_generation_stops(gpt):
     assert torch.equal(resumed, full)
 
 
-def test_packed_linears_give_the_plain_logits_and_follow_weight_changes(gpt, expected):
+def test_packed_linears_give_the_plain_logits_and_follow_weight_changes(gpt, expected, monkeypatch):
+    from detailflow_hf.models import decoding
     from detailflow_hf.models.decoding import PackedLinears
 
     if not PackedLinears.applies(gpt):
@@ -276,11 +285,16 @@ def test_packed_linears_give_the_plain_logits_and_follow_weight_changes(gpt, exp
     packing = PackedLinears.for_model(gpt)
     assert PackedLinears.for_model(gpt) is packing  # made once, reused
     assert len(packing.packed) == 7 * gpt.config.num_hidden_layers + 1  # q, k, v, o, gate, up, down + head
+    calls = []
+    packed_call = decoding.packed_linear_eager
+    monkeypatch.setattr(decoding, "packed_linear_eager", lambda *a: calls.append(1) or packed_call(*a))
     plain = gpt(z[:, :28], labels).logits
     with packing:
         packed = gpt(z[:, :28], labels).logits
-    assert 0 < (packed - plain).abs().max() < 1e-5  # oneDNN's GEMM (not the plain path's), same numbers
+    assert len(calls) == len(packing.packed)  # every linear layer ran on its packed weight
+    assert (packed - plain).abs().max() < 1e-5
     original = gpt.lm_head.weight.detach().clone()
+    original_up = gpt.model.layers[0].mlp.up_proj.weight.detach().clone()
     try:
         with torch.no_grad():
             gpt.lm_head.weight[3] += 1.0  # an in-place update (an optimizer step, a merged adapter)
@@ -290,9 +304,18 @@ def test_packed_linears_give_the_plain_logits_and_follow_weight_changes(gpt, exp
             after = gpt(z[:, :28], labels).logits
         assert (after - gpt(z[:, :28], labels).logits).abs().max() < 1e-5
         assert (after - packed).abs().max() > 0.5
+        # a write through `.data` (peft's adapter merge), which PyTorch's version counter does not see
+        up = gpt.model.layers[0].mlp.up_proj.weight
+        up.data += 0.05 * torch.outer(torch.randn(up.shape[0]), torch.randn(up.shape[1]))
+        merged = PackedLinears.for_model(gpt)
+        assert merged is not repacked
+        with merged:
+            after_merge = gpt(z[:, :28], labels).logits
+        assert (after_merge - gpt(z[:, :28], labels).logits).abs().max() < 5e-5  # larger logits after the updates
     finally:
         with torch.no_grad():
             gpt.lm_head.weight.copy_(original)
+            gpt.model.layers[0].mlp.up_proj.weight.copy_(original_up)
     half = copy.deepcopy(gpt).to(torch.bfloat16)
     assert not PackedLinears.applies(half) and PackedLinears.for_model(half) is None
 
@@ -318,3 +341,112 @@ def test_int8_weight_only_through_torchao(gpt, expected, tmp_path):
     if PackedLinears.applies(int8):
         assert len(PackedLinears.for_model(int8).packed) == 1
     assert torch.equal(int8.generate(labels, top_k=1), int8.generate(labels, top_k=1, use_cache=False))
+
+
+def test_filtered_ids_at_the_end_of_the_vocabulary_are_never_drawn():
+    from detailflow_hf.models.sampling import SamplingParams
+
+    logits = torch.tensor([0.4, 0.3, 0.2, 0.1]).log().expand(1, 3, 4)
+    edges = torch.tensor([[0.0, 0.5, 1 - 2**-53]], dtype=torch.float64)
+    assert SamplingParams(top_k=2).sample(logits, edges).tolist() == [[0, 0, 1]]  # 4/7 and 3/7 kept
+    with pytest.raises(ValueError, match="sampling needs the uniforms"):
+        SamplingParams().sample(logits)
+
+
+def test_generation_refuses_nan_logits_and_compile_without_cache(gpt):
+    broken = copy.deepcopy(gpt)
+    with torch.no_grad():
+        broken.lm_head.weight[5] = float("nan")
+    for use_cache in (True, False):
+        with pytest.raises(ValueError, match="NaN or infinite logits"):
+            broken.generate([1], generator=torch.Generator().manual_seed(0), use_cache=use_cache)
+    with pytest.raises(ValueError, match="cannot be combined with use_cache=False"):
+        gpt.generate([1], compile=True, use_cache=False)
+
+
+def test_the_kv_cache_size_is_checked_before_allocating(gpt, monkeypatch):
+    from detailflow_hf.models import decoding
+
+    monkeypatch.setattr(decoding, "free_memory", lambda device: 1000)
+    config = gpt.config
+    needed = 2 * config.num_hidden_layers * 6 * config.num_key_value_heads * config.num_tokens * config.head_dim * 4
+    with pytest.raises(ValueError, match=rf"the KV cache for 6 sequences .* needs {needed / 2**30:.2f} GiB, but only"):
+        gpt.generate([1, 2, 3])
+
+
+def test_a_second_copy_of_the_decoding_module_imports(tmp_path):
+    """The code exported beside a Hub model is a second copy of these files; loading it next to the
+    package must not collide on the registered op."""
+    import importlib.util
+    import shutil
+    import sys
+
+    import detailflow_hf.models.decoding as decoding
+
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    for name in ("decoding.py", "sampling.py"):
+        shutil.copy(Path(decoding.__file__).with_name(name), folder / name)
+    spec = importlib.util.spec_from_file_location("exported", folder / "__init__.py")
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["exported"] = package
+    try:
+        copy_of = importlib.import_module("exported.decoding")
+        x, w = torch.randn(3, 16), torch.randn(8, 16)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 4) if torch.backends.mkldnn.is_available() else None
+        if packed is not None:
+            assert (copy_of.packed_linear(x, packed, None, 8) - x @ w.T).abs().max() < 1e-5
+        assert importlib.reload(decoding).packed_linear is not None  # a reload reuses the registered op
+    finally:
+        for name in [n for n in sys.modules if n == "exported" or n.startswith("exported.")]:
+            del sys.modules[name]
+
+
+@pytest.mark.slow
+def test_compiled_steps_follow_weights_stop_early_without_recompiling_and_step_aside(gpt, expected):
+    from torch._dynamo.utils import counters
+
+    from detailflow_hf.models.decoding import COMPILED_STEPS
+
+    labels = expected["ar.labels"]
+    full = gpt.generate(labels, top_k=1, compile=True)
+    before = counters["stats"]["unique_graphs"]
+    assert torch.equal(gpt.generate(labels, top_k=1, compile=True, num_tokens=12), full[:, :12])
+    assert counters["stats"]["unique_graphs"] == before  # another num_tokens: same graphs, same cache
+    # a compiled step in use (another thread, a callback that generates) is not shared: eager instead
+    (entry,) = [e for key, e in COMPILED_STEPS[gpt].items() if key[0] == 2 * len(labels)]
+    with entry.lock:
+        assert torch.equal(gpt.generate(labels, top_k=1, compile=True), full)
+    # the compiled graphs read the current (re)packed weights
+    original = gpt.lm_head.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            gpt.lm_head.weight.mul_(-1.0)
+        assert torch.equal(gpt.generate(labels, top_k=1, compile=True), gpt.generate(labels, top_k=1))
+        assert not torch.equal(gpt.generate(labels, top_k=1, compile=True), full)
+    finally:
+        with torch.no_grad():
+            gpt.lm_head.weight.copy_(original)
+    assert counters["stats"]["unique_graphs"] == before
+
+
+def test_decoding_state_goes_with_the_model():
+    """Packed weights and compiled steps live beside a model, not in it: a collected model frees them."""
+    import gc
+    import weakref
+
+    from detailflow_hf import DetailFlowARConfig, DetailFlowForImageGeneration
+    from detailflow_hf.models.decoding import COMPILED_STEPS, PACKED_LINEARS
+
+    config = DetailFlowARConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64, num_tokens=16, group_size=4,
+        num_classes=3,
+    )  # fmt: skip
+    model = DetailFlowForImageGeneration(config).eval()
+    model.generate([0, 1])
+    COMPILED_STEPS.setdefault(model, {})
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None and all(m is not None for m in PACKED_LINEARS) and alive not in COMPILED_STEPS

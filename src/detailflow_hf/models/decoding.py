@@ -13,9 +13,11 @@ here: it imports this module).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
+import threading
 import types
 import weakref
 
@@ -39,7 +41,7 @@ PACKING_ROWS = 4
 """The row count oneDNN lays the packed weights out for (any count runs; this one measured best)."""
 
 COMPILED_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-"""model -> {key: (static cache, compiled step)}, see [`compiled_decoding`]."""
+"""model -> {key: [`CompiledDecoding`]}, see [`compiled_decoding`]."""
 
 PACKED_LINEARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """model -> its [`PackedLinears`]. Kept beside the model, not in it: a copy or pickle of the model never
@@ -48,15 +50,16 @@ carries them (oneDNN's packed tensors cannot be copied), and they go with the mo
 
 def next_tokens(
     logits: torch.Tensor, sampler: SamplingParams, scale: torch.Tensor | None, uniforms: torch.Tensor | None
-) -> torch.LongTensor:
-    """One step's logits `(rows, new, vocab)` -> ids `(batch, new)`.
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """One step's logits `(rows, new, vocab)` -> ids `(batch, new)` and whether every logit was finite.
 
     With a `scale` the rows are `[cond; uncond]` and combine as `u + s (c - u)`; then `sampler`
-    picks (arg-max, or the draw at `uniforms` `(batch, new)`).
+    picks (arg-max, or the draw at `uniforms` `(batch, new)`). The finiteness flag (a 0-d bool
+    tensor, not read here: no host synchronisation) lets `generate` refuse a NaN/inf run at the end.
     """
     if scale is not None:
         logits = apply_guidance(logits, scale)
-    return sampler.sample(logits, uniforms)
+    return sampler.sample(logits, uniforms), torch.isfinite(logits).all()
 
 
 def decode_step(
@@ -68,8 +71,9 @@ def decode_step(
     new: int,
     scale: torch.Tensor | None,
     uniforms: torch.Tensor | None,
-) -> torch.LongTensor:
-    """Feed `embeds` `(rows, chunk, hidden)` at `position_ids` against `cache`; return the `new` next ids."""
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """Feed `embeds` `(rows, chunk, hidden)` at `position_ids` against `cache`; the `new` next ids (and
+    the finiteness flag of [`next_tokens`])."""
     logits = model(inputs_embeds=embeds, position_ids=position_ids, cache=cache, logits_to_keep=new).logits
     return next_tokens(logits, sampler, scale, uniforms)
 
@@ -80,14 +84,17 @@ class RecomputeStepper:
     def __init__(self, model: PreTrainedModel, labels: torch.LongTensor, sampler: SamplingParams):
         self.model, self.labels, self.sampler = model, labels, sampler
 
-    def __call__(self, codes, new: int, scale=None, uniforms=None) -> torch.LongTensor:
-        """The `new` ids after `codes` `(batch, k)`; `scale`/`uniforms` as in [`next_tokens`]."""
+    def __call__(self, codes, new: int, scale=None, uniforms=None) -> tuple[torch.LongTensor, torch.Tensor]:
+        """The `new` ids after `codes` `(batch, k)`; `scale`/`uniforms` and the flag as in [`next_tokens`]."""
         prefix = codes.repeat(self.labels.shape[0] // codes.shape[0], 1)
         logits = self.model(input_ids=prefix, class_labels=self.labels, logits_to_keep=new).logits
         return next_tokens(logits, self.sampler, scale, uniforms)
 
     def reset(self):
         """Nothing is kept between steps."""
+
+    def close(self):
+        """Nothing is held."""
 
 
 class CachedStepper:
@@ -99,32 +106,38 @@ class CachedStepper:
     positions that predict the next tokens. After `reset()` the next call feeds the whole sequence
     at once (a prefill) and continues from there.
 
-    With `compile=True` the two chunk shapes of plain decoding (1 and `g` entries) run the compiled
-    [`decode_step`]; a prefill runs eagerly. Linear layers use [`PackedLinears`] where it applies.
+    With `compile=True` the chunks of plain decoding (1 or `g` entries, each predicting as many
+    tokens) run the compiled [`decode_step`]; anything else (a prefill) runs eagerly. If the
+    compiled step's cache is in use by another generation (another thread, or a callback that
+    generates), this one decodes eagerly on a cache of its own. Linear layers use
+    [`PackedLinears`] where it applies. `close()` releases the compiled step.
     """
 
     def __init__(
         self,
         model: PreTrainedModel,
         labels: torch.LongTensor,
-        num_tokens: int,
         sampler: SamplingParams,
         compile: bool = False,
         guided: bool = False,
     ):
         self.model, self.labels, self.sampler = model, labels, sampler
         self.packing = PackedLinears.for_model(model) or contextlib.nullcontext()
-        self.compiled = None
-        if compile:
-            self.cache, self.compiled = compiled_decoding(model, labels.shape[0], num_tokens, sampler, guided)
-        else:
-            self.cache = new_static_cache(model, labels.shape[0], num_tokens)
-        self.graphed = self.compiled is not None and model.device.type == "cuda"
+        self.compiled = compiled_decoding(model, labels.shape[0], sampler, guided) if compile else None
+        if self.compiled is not None and not self.compiled.lock.acquire(blocking=False):
+            logger.info("the compiled step is in use by another generation; decoding eagerly")
+            self.compiled = None
+        self.cache = self.compiled.cache if self.compiled is not None else new_static_cache(model, labels.shape[0])
         self.reset()
 
     def reset(self):
         self.position = 0
         self.cache.reset()
+
+    def close(self):
+        if self.compiled is not None:
+            self.compiled.lock.release()
+            self.compiled = None
 
     def _unseen(self, codes: torch.LongTensor) -> tuple[torch.Tensor, torch.LongTensor]:
         """The entries the cache lacks `(rows, chunk, hidden)` and their positions `(1, chunk)`."""
@@ -135,63 +148,92 @@ class CachedStepper:
         self.position += embeds.shape[1]
         return embeds, positions
 
-    def logits(self, codes: torch.LongTensor, new: int) -> torch.Tensor:
-        """Eager: feed what the cache lacks of `codes` `(batch, k)`; the last `new` logits `(rows, new, vocab)`."""
-        embeds, positions = self._unseen(codes)
+    def _forward(self, embeds: torch.Tensor, positions: torch.LongTensor, new: int) -> torch.Tensor:
         with self.packing:
             outputs = self.model(inputs_embeds=embeds, position_ids=positions, cache=self.cache, logits_to_keep=new)
         return outputs.logits
 
-    def __call__(self, codes, new: int, scale=None, uniforms=None) -> torch.LongTensor:
-        """The `new` ids after `codes` `(batch, k)`; `scale`/`uniforms` as in [`next_tokens`]."""
-        if self.compiled is None or self._chunk(codes) not in (1, self.model.config.group_size):
-            return next_tokens(self.logits(codes, new), self.sampler, scale, uniforms)
+    def logits(self, codes: torch.LongTensor, new: int) -> torch.Tensor:
+        """Eager: feed what the cache lacks of `codes` `(batch, k)`; the last `new` logits `(rows, new, vocab)`."""
+        return self._forward(*self._unseen(codes), new)
+
+    def __call__(self, codes, new: int, scale=None, uniforms=None) -> tuple[torch.LongTensor, torch.Tensor]:
+        """The `new` ids after `codes` `(batch, k)`; `scale`/`uniforms` and the flag as in [`next_tokens`]."""
         embeds, positions = self._unseen(codes)
-        if self.graphed:
-            torch.compiler.cudagraph_mark_step_begin()
-        with self.packing:
-            return self.compiled(embeds, positions, self.cache, new, scale, uniforms)
-
-    def _chunk(self, codes: torch.LongTensor) -> int:
-        """How many entries the next call feeds (the sequence length of `codes` minus what is cached)."""
-        c, g = self.model.config.causal_num, self.model.config.group_size
-        length = 1 + codes.shape[1] + (g - 1 if codes.shape[1] >= c else 0)
-        return length - self.position
+        chunk = embeds.shape[1]
+        if self.compiled is not None and chunk == new and chunk in (1, self.model.config.group_size):
+            with self.packing:
+                return self.compiled(embeds, positions, new, scale, uniforms)
+        return next_tokens(self._forward(embeds, positions, new), self.sampler, scale, uniforms)
 
 
-def new_static_cache(model: PreTrainedModel, rows: int, num_tokens: int) -> StaticCache:
-    """A KV cache for `rows` sequences stopping after `num_tokens` tokens, allocated now.
-
-    Stopping after `k` tokens feeds exactly `k` entries: the class token, `k - g` codes, `g - 1`
-    specials. Allocated outside any compiled region, so that its buffers keep static addresses
-    (CUDA graphs).
-    """
+def new_static_cache(model: PreTrainedModel, rows: int) -> StaticCache:
+    """A KV cache for `rows` full sequences (`num_tokens` entries: the class token, `N - g` codes and
+    `g - 1` specials), allocated now, after checking that the memory is there."""
     config = model.config
-    cache = StaticCache(config=config, max_cache_len=num_tokens)
+    size = (
+        2 * config.num_hidden_layers * rows * config.num_key_value_heads * config.num_tokens * config.head_dim
+    ) * model.dtype.itemsize
+    free = free_memory(model.device)
+    if free is not None and size > free:
+        raise ValueError(
+            f"the KV cache for {rows} sequences (one per image, two with guidance) needs "
+            f"{size / 2**30:.2f} GiB, but only {free / 2**30:.2f} GiB is free on {model.device}; "
+            "generate fewer images at once."
+        )
+    cache = StaticCache(config=config, max_cache_len=config.num_tokens)
     cache.early_initialization(rows, config.num_key_value_heads, config.head_dim, model.dtype, model.device)
     return cache
 
 
-def compiled_decoding(model: PreTrainedModel, rows: int, num_tokens: int, sampler: SamplingParams, guided: bool):
-    """A static cache and a compiled [`decode_step`] for this shape and these settings, made once.
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on `device`, where it can be told (CPU with psutil, CUDA)."""
+    if device.type == "cpu" and psutil is not None:
+        return psutil.virtual_memory().available
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return None
 
-    Keyed by (rows, num_tokens, device, dtype, sampling settings, guided): each key compiles two
-    graphs (chunks of 1 and `g` entries) on first use and a long run never recompiles; the guidance
-    scale is a tensor input, so gradual guidance does not recompile either. CUDA gets CUDA graphs
-    (`reduce-overhead`); other devices plain inductor.
+
+class CompiledDecoding:
+    """A compiled [`decode_step`] with its static cache (static addresses for CUDA graphs) and a lock:
+    one generation at a time uses them."""
+
+    def __init__(self, model: PreTrainedModel, rows: int, sampler: SamplingParams):
+        self.cache = new_static_cache(model, rows)
+        self.lock = threading.Lock()
+        self.graphed = model.device.type == "cuda"
+        mode = "reduce-overhead" if self.graphed else None
+        self.step = torch.compile(own_copy(decode_step), fullgraph=True, dynamic=False, mode=mode)
+        self.owner, self.sampler = weakref.ref(model), sampler  # the store must not keep its own key alive
+
+    def __call__(self, embeds, position_ids, new, scale, uniforms):
+        if self.graphed:
+            torch.compiler.cudagraph_mark_step_begin()
+        return self.step(self.owner(), self.sampler, embeds, position_ids, self.cache, new, scale, uniforms)
+
+
+MAX_COMPILED_PER_MODEL = 4
+"""How many compiled steps (each with its KV cache) a model keeps; the least recently used goes first."""
+
+
+def compiled_decoding(model: PreTrainedModel, rows: int, sampler: SamplingParams, guided: bool) -> CompiledDecoding:
+    """The model's [`CompiledDecoding`] for this batch and these settings, made on first use.
+
+    Keyed by (rows, device, dtype, the sampling settings the step reads, guided): each key compiles
+    two graphs (chunks of 1 and `g` entries) and reuses them; neither the guidance scale (a tensor
+    input, so gradual guidance) nor `num_tokens` (the cache holds full sequences) recompiles. Up to
+    [`MAX_COMPILED_PER_MODEL`] keys are kept.
     """
-    settings = (sampler.do_sample, sampler.temperature, sampler.top_k, sampler.top_p)  # what the step reads
-    key = (rows, num_tokens, model.device, model.dtype, settings, guided)
-    store = COMPILED_STEPS.setdefault(model, {})
-    if key not in store:
-        mode = "reduce-overhead" if model.device.type == "cuda" else None
-        step = torch.compile(own_copy(decode_step), fullgraph=True, dynamic=False, mode=mode)
-        owner = weakref.ref(model)  # the store must not keep its own key alive
-
-        def compiled(embeds, position_ids, cache, new, scale, uniforms):
-            return step(owner(), sampler, embeds, position_ids, cache, new, scale, uniforms)
-
-        store[key] = (new_static_cache(model, rows, num_tokens), compiled)
+    settings = (True, sampler.temperature, sampler.top_k, sampler.top_p) if sampler.do_sample else (False,)
+    key = (rows, model.device, model.dtype, settings, guided)
+    store = COMPILED_STEPS.setdefault(model, collections.OrderedDict())
+    if key in store:
+        store.move_to_end(key)
+    else:
+        while len(store) >= MAX_COMPILED_PER_MODEL:
+            store.popitem(last=False)
+        store[key] = CompiledDecoding(model, rows, sampler)
     return store[key]
 
 
@@ -218,13 +260,27 @@ def packed_linear_eager(
     return output.reshape(*input.shape[:-1], out_features)
 
 
-packed_linear = torch.library.custom_op("detailflow_hf::packed_linear", packed_linear_eager, mutates_args=())
-"""[`packed_linear_eager`] as a registered op: compiled graphs call it as one opaque kernel."""
+def _registered_packed_linear():
+    """[`packed_linear_eager`] as a registered op, so that compiled graphs call it as one opaque kernel.
+
+    Ops are global: the namespace comes from this module's name, and an op already registered by an
+    earlier import of the same module (a reload) is reused, so that a second copy of this file (the
+    code exported beside a Hub model, loaded next to this package) imports cleanly.
+    """
+    namespace = __name__.replace(".", "_")
+    try:
+        return getattr(torch.ops, namespace).packed_linear
+    except AttributeError:
+        op = torch.library.custom_op(f"{namespace}::packed_linear", packed_linear_eager, mutates_args=())
+
+        @op.register_fake
+        def _(input, packed_weight, bias, out_features):
+            return input.new_empty(*input.shape[:-1], out_features)
+
+        return op
 
 
-@packed_linear.register_fake
-def _(input, packed_weight, bias, out_features):
-    return input.new_empty(*input.shape[:-1], out_features)
+packed_linear = _registered_packed_linear()
 
 
 class PackedLinears(TorchFunctionMode):
@@ -234,7 +290,7 @@ class PackedLinears(TorchFunctionMode):
     The packed copies cost as much memory as the linear weights again (GPT-L: 1.3 GB).
     """
 
-    def __init__(self, packed: dict[torch.Tensor, torch.Tensor], fingerprint: tuple):
+    def __init__(self, packed: dict[torch.Tensor, torch.Tensor], fingerprint: tuple[tuple, torch.Tensor]):
         super().__init__()
         self.packed, self.fingerprint = packed, fingerprint
 
@@ -264,8 +320,14 @@ class PackedLinears(TorchFunctionMode):
     @classmethod
     def for_model(cls, model: nn.Module) -> PackedLinears | None:
         """The model's packed linears, (re)made when any weight changed since; `None` where packing
-        does not apply or there is not enough free memory for the copies."""
+        does not apply or there is not enough free memory for the copies.
+
+        A change is seen through each weight's identity, storage and version counter (every in-place
+        operation on the weight) and through a sample of its values (writes through `.data`, which
+        PyTorch does not count, as peft's adapter merge does: such an update changes every value).
+        """
         if psutil is None or not cls.applies(model):
+            PACKED_LINEARS.pop(model, None)  # e.g. moved to another device or dtype: drop the copies
             return None
         weights = [  # plain float32 weights only: quantized ones (tensor subclasses) keep their own kernels
             module.weight
@@ -274,9 +336,13 @@ class PackedLinears(TorchFunctionMode):
             and type(module.weight.data) is torch.Tensor
             and module.weight.dtype == torch.float32
         ]
-        fingerprint = tuple((id(w), w.data_ptr(), w._version) for w in weights)
+        fingerprint = (tuple((id(w), w.data_ptr(), w._version) for w in weights), value_sample(weights))
         current = PACKED_LINEARS.get(model)
-        if current is not None and current.fingerprint == fingerprint:
+        if (
+            current is not None
+            and current.fingerprint[0] == fingerprint[0]
+            and torch.equal(current.fingerprint[1], fingerprint[1])
+        ):
             return current
         PACKED_LINEARS.pop(model, None)  # release stale copies before making new ones
         needed = sum(w.numel() * w.element_size() for w in weights)
@@ -288,4 +354,21 @@ class PackedLinears(TorchFunctionMode):
         return PACKED_LINEARS[model]
 
 
-__all__ = ["CachedStepper", "PackedLinears", "RecomputeStepper", "compiled_decoding", "decode_step", "next_tokens"]
+def value_sample(weights: list[torch.Tensor], stride: int = 4099) -> torch.Tensor:
+    """`(len(weights),)` int64: the bits of every `stride`-th value of each weight, summed (exact).
+
+    Reads one value per cache line in `stride` (under 1 ms for GPT-L's 1.3 GB, where hashing every
+    value takes ~170 ms on 2 cores).
+    """
+    return torch.stack([w.detach().reshape(-1)[::stride].view(torch.int32).sum(dtype=torch.int64) for w in weights])
+
+
+__all__ = [
+    "CachedStepper",
+    "CompiledDecoding",
+    "PackedLinears",
+    "RecomputeStepper",
+    "compiled_decoding",
+    "decode_step",
+    "next_tokens",
+]

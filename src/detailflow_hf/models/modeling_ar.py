@@ -439,24 +439,36 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
             labels = torch.cat([labels, torch.full_like(labels, self.config.null_class_id)])
             scales = torch.tensor([self._guidance_scale(params, length) for length in steps], device=self.device)
         if use_cache:
-            stepper = CachedStepper(self, labels, steps[-1], params, compile=compile, guided=scales is not None)
+            stepper = CachedStepper(self, labels, params, compile=compile, guided=scales is not None)
+        elif compile:
+            raise ValueError("compile=True compiles the cached path; it cannot be combined with use_cache=False.")
         else:
             stepper = RecomputeStepper(self, labels, params)
-        for step, length in enumerate(steps):
-            done = codes.shape[1]
-            if length <= done:
-                continue  # given by prefix_ids
-            new_ids = stepper(
-                codes,
-                length - done,
-                scale=None if scales is None else scales[step],
-                uniforms=None if uniforms is None else uniforms[:, done:length],
+        finite = []
+        try:
+            for step, length in enumerate(steps):
+                done = codes.shape[1]
+                if length <= done:
+                    continue  # given by prefix_ids
+                new_ids, step_finite = stepper(
+                    codes,
+                    length - done,
+                    scale=None if scales is None else scales[step],
+                    uniforms=None if uniforms is None else uniforms[:, done:length],
+                )
+                finite.append(step_finite)
+                codes = torch.cat([codes, new_ids], dim=1)
+                if callback is not None and (replaced := callback(step, codes)) is not None:
+                    codes = self._replace_codes(codes, replaced, stepper)
+                if interrupt is not None and interrupt():
+                    break
+        finally:
+            stepper.close()
+        if finite and not bool(torch.stack(finite).all()):  # the run's one host synchronisation
+            raise ValueError(
+                "the generator produced NaN or infinite logits (overflowing weights or dtype?); its tokens "
+                "would be meaningless."
             )
-            codes = torch.cat([codes, new_ids], dim=1)
-            if callback is not None and (replaced := callback(step, codes)) is not None:
-                codes = self._replace_codes(codes, replaced, stepper)
-            if interrupt is not None and interrupt():
-                break
         return DetailFlowGenerationOutput(sequences=codes) if return_dict else codes
 
     def _guidance_scale(self, params: SamplingParams, length: int) -> float:

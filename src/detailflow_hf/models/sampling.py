@@ -144,10 +144,13 @@ class SamplingParams:
         (from [`~SamplingParams.draw_uniforms`]): the id drawn is the first whose cumulative
         probability exceeds `u` times the total, an exact draw from the filtered distribution that
         needs no host synchronisation, no loop and no random state inside the step. The cumulative
-        sum runs in the uniforms' float64, so a filtered-out id (probability 0) is never picked.
+        sum runs in the uniforms' float64, so a filtered-out id (probability 0) is never picked. (In
+        float32, on MPS, `u` times the total can round up to the total; the last id is then taken.)
         """
         if not self.do_sample:
             return logits.argmax(dim=-1)
+        if uniforms is None:
+            raise ValueError("sampling needs the uniforms of `draw_uniforms` (or do_sample=False).")
         logits = logits / max(self.temperature, 1e-5)
         if self.top_k > 0 or self.top_p < 1.0:
             logits = filter_logits(logits, self.top_k, self.top_p)

@@ -34,7 +34,7 @@ import torch
 
 from detailflow_hf import DetailFlowARConfig, DetailFlowForImageGeneration
 from detailflow_hf.models.configuration_ar import llamagen_size
-from detailflow_hf.models.decoding import PackedLinears, packed_linear
+from detailflow_hf.models.decoding import PackedLinears, kv_cache_bytes, packed_linear
 
 SHAPES = {"gpt-l": llamagen_size("GPT-L"), "gpt-b": llamagen_size("GPT-B")}
 
@@ -121,14 +121,13 @@ def decode_work(model: DetailFlowForImageGeneration, batch: int, guided: bool) -
     head = model.lm_head.weight.numel()
     element = model.lm_head.weight.element_size()
     rows = batch * (2 if guided else 1)
-    kv_width = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim  # keys + values
     label = torch.zeros(1, dtype=torch.long, device=model.device)
     bytes_read, flops, fed_so_far, done = 0, 0.0, 0, 0
     for length in model.prefix_lengths():
         codes = torch.zeros(1, done, dtype=torch.long, device=model.device)
         sequence = model.model.embed_sequence(codes, label).shape[1]
         fed, new = sequence - fed_so_far, length - done
-        bytes_read += (body + head) * element + rows * sequence * kv_width * element
+        bytes_read += (body + head) * element + kv_cache_bytes(config, rows, sequence, model.dtype)
         flops += 2 * rows * (fed * body + new * head)
         flops += 4 * rows * fed * sequence * config.hidden_size * config.num_hidden_layers  # scores, values
         fed_so_far, done = sequence, length

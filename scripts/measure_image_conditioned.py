@@ -12,8 +12,10 @@ its first 8 tokens (its coarse layout) likeliest (`likeliest_classes`): the mode
 2. Detail completion: each emoji is downscaled (bicubic) to a thumbnail of s px and given to the
    pipeline, which keeps the tokens that resolution shows and generates the rest. Reported per s:
    - consistency with the thumbnail: PSNR of the output, downscaled to s, against the thumbnail;
-     next to the tokenizer's own k-token reconstruction of the full image and to plain bicubic
-     upscaling of the thumbnail, both downscaled the same way;
+     next to the tokenizer's own k-token reconstruction of the full image and of the thumbnail (the
+     prefix the pipeline keeps), to the kept prefix completed with the full image's own remaining
+     tokens (what a perfect continuation would give), and to plain bicubic upscaling of the
+     thumbnail, all downscaled the same way;
    - fidelity to the unseen full-size emoji: PSNR of the output, and of bicubic upscaling, against it.
 """
 
@@ -110,13 +112,21 @@ def main(argv=None):
         ).images
         assert pipe(class_labels=labels[:1], image=thumbs[:1]).kept_tokens == k
         recon = pipe.decode(ids[:, :k])
+        kept = pipe.encode_prefix(thumbs, k)
+        thumb_recon = pipe.decode(kept)
+        true_rest = pipe.decode(torch.cat([kept, ids[:, k:]], dim=1))
         bicubic = [t.resize((size, size), Image.BICUBIC) for t in thumbs]
+        to_thumbnail = lambda images, side=side, thumb_arr=thumb_arr: round(  # noqa: E731
+            psnr(resize_all(images, side), thumb_arr), 2
+        )
         report["detail_completion"][side] = {
             "kept_tokens": k,
             "psnr_to_thumbnail": {
-                "output": round(psnr(resize_all(outs, side), thumb_arr), 2),
-                "tokenizer_k_token_reconstruction": round(psnr(resize_all(recon, side), thumb_arr), 2),
-                "bicubic_upscaling": round(psnr(resize_all(bicubic, side), thumb_arr), 2),
+                "output": to_thumbnail(outs),
+                "tokenizer_k_token_reconstruction": to_thumbnail(recon),
+                "tokenizer_k_token_reconstruction_of_thumbnail": to_thumbnail(thumb_recon),
+                "kept_prefix_with_the_originals_remaining_tokens": to_thumbnail(true_rest),
+                "bicubic_upscaling": to_thumbnail(bicubic),
             },
             "psnr_to_full_size": {
                 "output": round(psnr(np.stack([np.asarray(o) for o in outs]), originals), 2),

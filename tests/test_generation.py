@@ -1,5 +1,6 @@
 import contextlib
 import copy
+import logging
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,16 @@ from detailflow_hf.conversion.original import convert_generator
 @pytest.fixture(scope="module")
 def gpt(fixture_dir):
     return convert_generator(fixture_dir / "ar")
+
+
+@pytest.fixture
+def fresh_compiled(gpt):
+    """No compiled steps on `gpt` before or after the test (the counts below assume a fresh store)."""
+    from detailflow_hf.models.decoding import COMPILED_STEPS
+
+    COMPILED_STEPS.pop(gpt, None)
+    yield gpt
+    COMPILED_STEPS.pop(gpt, None)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -94,8 +105,8 @@ def test_guidance_scale_one_runs_without_the_null_branch(gpt, expected):
 
 
 @pytest.mark.slow
-def test_compiled_static_cache_path(gpt, expected):
-    """Static cache + torch.compile (inductor on CPU): same ids, compiled once per (batch, num_tokens)."""
+def test_compiled_static_cache_path(fresh_compiled, gpt, expected):
+    """Static cache + torch.compile (inductor on CPU): same ids, compiled once per batch and settings."""
     from torch._dynamo.utils import counters
 
     from detailflow_hf.models.decoding import COMPILED_STEPS
@@ -117,7 +128,7 @@ def test_compiled_static_cache_path(gpt, expected):
 
 
 @pytest.mark.slow
-def test_compiled_steps_of_many_batch_sizes_coexist(gpt):
+def test_compiled_steps_of_many_batch_sizes_coexist(fresh_compiled, gpt):
     """Each batch size compiles its own two graphs; more keys than dynamo's 8 graphs per function is fine
     (the fifth would fail a fullgraph compile if the keys shared one function). The model keeps the 4 most
     recently used (each holds a KV cache)."""
@@ -125,7 +136,6 @@ def test_compiled_steps_of_many_batch_sizes_coexist(gpt):
 
     from detailflow_hf.models.decoding import COMPILED_STEPS, MAX_COMPILED_PER_MODEL
 
-    COMPILED_STEPS.pop(gpt, None)
     for batch in range(1, 6):
         labels = list(range(batch))
         before = counters["stats"]["unique_graphs"]
@@ -367,9 +377,9 @@ def test_generation_refuses_nan_logits_and_compile_without_cache(gpt):
 def test_the_kv_cache_size_is_checked_before_allocating(gpt, monkeypatch):
     from detailflow_hf.models import decoding
 
+    cache = decoding.new_static_cache(gpt, 6)
+    needed = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)  # what transformers allocates
     monkeypatch.setattr(decoding, "free_memory", lambda device: 1000)
-    config = gpt.config
-    needed = 2 * config.num_hidden_layers * 6 * config.num_key_value_heads * config.num_tokens * config.head_dim * 4
     with pytest.raises(ValueError, match=rf"the KV cache for 6 sequences .* needs {needed / 2**30:.2f} GiB, but only"):
         gpt.generate([1, 2, 3])
 
@@ -397,14 +407,17 @@ def test_a_second_copy_of_the_decoding_module_imports(tmp_path):
         packed = torch.ops.mkldnn._reorder_linear_weight(w, 4) if torch.backends.mkldnn.is_available() else None
         if packed is not None:
             assert (copy_of.packed_linear(x, packed, None, 8) - x @ w.T).abs().max() < 1e-5
-        assert importlib.reload(decoding).packed_linear is not None  # a reload reuses the registered op
+            again = decoding._registered_packed_linear()  # a re-import of this module reuses its op
+            assert (again(x, packed, None, 8) - x @ w.T).abs().max() < 1e-5
     finally:
         for name in [n for n in sys.modules if n == "exported" or n.startswith("exported.")]:
             del sys.modules[name]
 
 
 @pytest.mark.slow
-def test_compiled_steps_follow_weights_stop_early_without_recompiling_and_step_aside(gpt, expected):
+def test_compiled_steps_follow_weights_stop_early_without_recompiling_and_step_aside(
+    fresh_compiled, gpt, expected, caplog
+):
     from torch._dynamo.utils import counters
 
     from detailflow_hf.models.decoding import COMPILED_STEPS
@@ -416,8 +429,9 @@ def test_compiled_steps_follow_weights_stop_early_without_recompiling_and_step_a
     assert counters["stats"]["unique_graphs"] == before  # another num_tokens: same graphs, same cache
     # a compiled step in use (another thread, a callback that generates) is not shared: eager instead
     (entry,) = [e for key, e in COMPILED_STEPS[gpt].items() if key[0] == 2 * len(labels)]
-    with entry.lock:
+    with entry.lock, caplog.at_level(logging.INFO, logger="detailflow_hf.models.decoding"):
         assert torch.equal(gpt.generate(labels, top_k=1, compile=True), full)
+    assert "in use by another generation; decoding eagerly" in caplog.text
     # the compiled graphs read the current (re)packed weights
     original = gpt.lm_head.weight.detach().clone()
     try:
@@ -431,22 +445,26 @@ def test_compiled_steps_follow_weights_stop_early_without_recompiling_and_step_a
     assert counters["stats"]["unique_graphs"] == before
 
 
+@pytest.mark.slow
 def test_decoding_state_goes_with_the_model():
     """Packed weights and compiled steps live beside a model, not in it: a collected model frees them."""
     import gc
     import weakref
 
     from detailflow_hf import DetailFlowARConfig, DetailFlowForImageGeneration
-    from detailflow_hf.models.decoding import COMPILED_STEPS, PACKED_LINEARS
+    from detailflow_hf.models.decoding import COMPILED_STEPS, PACKED_LINEARS, PackedLinears
 
     config = DetailFlowARConfig(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64, num_tokens=16, group_size=4,
         num_classes=3,
     )  # fmt: skip
     model = DetailFlowForImageGeneration(config).eval()
-    model.generate([0, 1])
-    COMPILED_STEPS.setdefault(model, {})
+    packed_before, compiled_before = len(PACKED_LINEARS), len(COMPILED_STEPS)
+    model.generate([0, 1], compile=True)
+    assert len(COMPILED_STEPS) == compiled_before + 1
+    assert len(PACKED_LINEARS) == packed_before + PackedLinears.applies(model)
     alive = weakref.ref(model)
     del model
     gc.collect()
-    assert alive() is None and all(m is not None for m in PACKED_LINEARS) and alive not in COMPILED_STEPS
+    assert alive() is None
+    assert (len(PACKED_LINEARS), len(COMPILED_STEPS)) == (packed_before, compiled_before)

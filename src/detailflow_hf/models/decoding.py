@@ -20,6 +20,7 @@ import logging
 import threading
 import types
 import weakref
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -127,14 +128,20 @@ class CachedStepper:
         if self.compiled is not None and not self.compiled.lock.acquire(blocking=False):
             logger.info("the compiled step is in use by another generation; decoding eagerly")
             self.compiled = None
-        self.cache = self.compiled.cache if self.compiled is not None else new_static_cache(model, labels.shape[0])
-        self.reset()
+        try:
+            self.cache = self.compiled.cache if self.compiled is not None else new_static_cache(model, labels.shape[0])
+            self.reset()
+        except BaseException:
+            self.close()
+            raise
 
     def reset(self):
+        """Forget every cached entry; the next call feeds the whole sequence."""
         self.position = 0
         self.cache.reset()
 
     def close(self):
+        """Release the compiled step (and its cache) for the next generation."""
         if self.compiled is not None:
             self.compiled.lock.release()
             self.compiled = None
@@ -171,9 +178,7 @@ def new_static_cache(model: PreTrainedModel, rows: int) -> StaticCache:
     """A KV cache for `rows` full sequences (`num_tokens` entries: the class token, `N - g` codes and
     `g - 1` specials), allocated now, after checking that the memory is there."""
     config = model.config
-    size = (
-        2 * config.num_hidden_layers * rows * config.num_key_value_heads * config.num_tokens * config.head_dim
-    ) * model.dtype.itemsize
+    size = kv_cache_bytes(config, rows, config.num_tokens, model.dtype)
     free = free_memory(model.device)
     if free is not None and size > free:
         raise ValueError(
@@ -186,12 +191,23 @@ def new_static_cache(model: PreTrainedModel, rows: int) -> StaticCache:
     return cache
 
 
+def kv_cache_bytes(config, rows: int, length: int, dtype: torch.dtype) -> int:
+    """Bytes of the keys and values of `rows` sequences of `length` entries over all layers."""
+    per_entry = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
+    return rows * length * per_entry * dtype.itemsize
+
+
 def free_memory(device: torch.device) -> int | None:
-    """Bytes free for new tensors on `device`, where it can be told (CPU with psutil, CUDA)."""
+    """Bytes free for new tensors on `device`, where it can be told (CPU with psutil; CUDA, counting
+    what PyTorch's caching allocator holds unused); `None` elsewhere."""
     if device.type == "cpu" and psutil is not None:
         return psutil.virtual_memory().available
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        return (
+            torch.cuda.mem_get_info(device)[0]
+            + torch.cuda.memory_reserved(device)
+            - torch.cuda.memory_allocated(device)
+        )
     return None
 
 
@@ -208,10 +224,13 @@ class CompiledDecoding:
         self.owner, self.sampler = weakref.ref(model), sampler  # the store must not keep its own key alive
 
     def __call__(self, embeds, position_ids, new, scale, uniforms):
+        """[`decode_step`] on this entry's cache: `embeds` `(rows, chunk, hidden)` -> ids `(batch, new)`, flag."""
         if self.graphed:
             torch.compiler.cudagraph_mark_step_begin()
         return self.step(self.owner(), self.sampler, embeds, position_ids, self.cache, new, scale, uniforms)
 
+
+_STORE_LOCK = threading.Lock()
 
 MAX_COMPILED_PER_MODEL = 4
 """How many compiled steps (each with its KV cache) a model keeps; the least recently used goes first."""
@@ -223,18 +242,21 @@ def compiled_decoding(model: PreTrainedModel, rows: int, sampler: SamplingParams
     Keyed by (rows, device, dtype, the sampling settings the step reads, guided): each key compiles
     two graphs (chunks of 1 and `g` entries) and reuses them; neither the guidance scale (a tensor
     input, so gradual guidance) nor `num_tokens` (the cache holds full sequences) recompiles. Up to
-    [`MAX_COMPILED_PER_MODEL`] keys are kept.
+    [`MAX_COMPILED_PER_MODEL`] keys are kept; an evicted key compiles again when next used.
     """
-    settings = (True, sampler.temperature, sampler.top_k, sampler.top_p) if sampler.do_sample else (False,)
+    # the step reads the sampling settings, not the guidance ones (the scale is an input); greedy reads none
+    settings = replace(sampler, guidance_scale=1.0, gradual_guidance=False) if sampler.do_sample else None
     key = (rows, model.device, model.dtype, settings, guided)
-    store = COMPILED_STEPS.setdefault(model, collections.OrderedDict())
-    if key in store:
-        store.move_to_end(key)
-    else:
+    with _STORE_LOCK:
+        store = COMPILED_STEPS.setdefault(model, collections.OrderedDict())
+        entry = store.get(key)
+        if entry is not None:
+            store.move_to_end(key)
+            return entry
         while len(store) >= MAX_COMPILED_PER_MODEL:
-            store.popitem(last=False)
-        store[key] = CompiledDecoding(model, rows, sampler)
-    return store[key]
+            store.popitem(last=False)  # a generation still using it keeps it until it ends
+        entry = store[key] = CompiledDecoding(model, rows, sampler)
+        return entry
 
 
 _copies = itertools.count()
@@ -346,7 +368,7 @@ class PackedLinears(TorchFunctionMode):
             return current
         PACKED_LINEARS.pop(model, None)  # release stale copies before making new ones
         needed = sum(w.numel() * w.element_size() for w in weights)
-        if needed > psutil.virtual_memory().available // 2:
+        if needed > free_memory(torch.device("cpu")) // 2:
             logger.info("not packing the linear weights: %d MiB needed, too little free memory", needed >> 20)
             return None
         packed = {w: torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACKING_ROWS) for w in weights}
@@ -354,13 +376,21 @@ class PackedLinears(TorchFunctionMode):
         return PACKED_LINEARS[model]
 
 
-def value_sample(weights: list[torch.Tensor], stride: int = 4099) -> torch.Tensor:
-    """`(len(weights),)` int64: the bits of every `stride`-th value of each weight, summed (exact).
+def value_sample(weights: list[torch.Tensor]) -> torch.Tensor:
+    """`(len(weights),)` int64: the bits of at least 1024 values of each weight (every 4099th in large
+    ones), summed exactly.
 
-    Reads one value per cache line in `stride` (under 1 ms for GPT-L's 1.3 GB, where hashing every
-    value takes ~170 ms on 2 cores).
+    Under 1 ms for GPT-L's 1.3 GB, where summing every value takes ~170 ms on 2 cores. It sees any
+    update that changes most values (a merged low-rank adapter, an optimizer step through `.data`);
+    a `.data` write to a few values it may miss (in-place writes to the weight itself bump its
+    version and are always seen).
     """
-    return torch.stack([w.detach().reshape(-1)[::stride].view(torch.int32).sum(dtype=torch.int64) for w in weights])
+    samples = []
+    for w in weights:
+        flat = w.detach().reshape(-1)
+        stride = max(1, min(4099, flat.numel() // 1024))
+        samples.append(flat[::stride].view(torch.int32).sum(dtype=torch.int64))
+    return torch.stack(samples)
 
 
 __all__ = [

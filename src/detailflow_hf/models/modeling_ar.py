@@ -413,8 +413,9 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
                 float32 the cached path runs its linear layers on weights pre-packed for oneDNN (a
                 copy as large as the weights, made on first use and kept until a weight changes).
             compile: with the cache, run each step (forward, guidance and sampling) as one
-                `torch.compile`d graph (CUDA graphs on GPU), compiled once per (batch, num_tokens,
-                device, dtype, sampling settings) and reused; the first call pays the compilation.
+                `torch.compile`d graph (CUDA graphs on GPU), compiled once per (batch, device, dtype,
+                sampling settings) and reused for any `num_tokens`; the model keeps its 4 most
+                recently used; the first call of each pays the compilation.
 
         Returns:
             `(batch, num_tokens)` long ids, or a [`DetailFlowGenerationOutput`] with `return_dict=True`.
@@ -444,7 +445,7 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
             raise ValueError("compile=True compiles the cached path; it cannot be combined with use_cache=False.")
         else:
             stepper = RecomputeStepper(self, labels, params)
-        finite = []
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         try:
             for step, length in enumerate(steps):
                 done = codes.shape[1]
@@ -456,7 +457,7 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
                     scale=None if scales is None else scales[step],
                     uniforms=None if uniforms is None else uniforms[:, done:length],
                 )
-                finite.append(step_finite)
+                finite = finite & step_finite  # now: a CUDA graph's outputs are overwritten by its next replay
                 codes = torch.cat([codes, new_ids], dim=1)
                 if callback is not None and (replaced := callback(step, codes)) is not None:
                     codes = self._replace_codes(codes, replaced, stepper)
@@ -464,7 +465,7 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
                     break
         finally:
             stepper.close()
-        if finite and not bool(torch.stack(finite).all()):  # the run's one host synchronisation
+        if not bool(finite):  # after the loop: decoding itself never waits for the device
             raise ValueError(
                 "the generator produced NaN or infinite logits (overflowing weights or dtype?); its tokens "
                 "would be meaningless."

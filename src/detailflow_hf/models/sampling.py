@@ -144,8 +144,8 @@ class SamplingParams:
         (from [`~SamplingParams.draw_uniforms`]): the id drawn is the first whose cumulative
         probability exceeds `u` times the total, an exact draw from the filtered distribution that
         needs no host synchronisation, no loop and no random state inside the step. The cumulative
-        sum runs in the uniforms' float64, so a filtered-out id (probability 0) is never picked. (In
-        float32, on MPS, `u` times the total can round up to the total; the last id is then taken.)
+        sum runs in the uniforms' float64, and the id is capped at the last one with probability > 0,
+        so a filtered-out id is never picked.
         """
         if not self.do_sample:
             return logits.argmax(dim=-1)
@@ -157,7 +157,8 @@ class SamplingParams:
         cumulative = F.softmax(logits, dim=-1).to(uniforms.dtype).cumsum(dim=-1)
         threshold = uniforms * cumulative[..., -1]
         ids = (cumulative <= threshold[..., None]).sum(dim=-1)
-        return ids.clamp_max(logits.shape[-1] - 1)
+        last_possible = (cumulative < cumulative[..., -1:]).sum(dim=-1)  # the last id with probability > 0
+        return torch.minimum(ids, last_possible)
 
 
 SAMPLING_ARGUMENTS = tuple(f.name for f in fields(SamplingParams))

@@ -34,7 +34,7 @@ import torch
 
 from detailflow_hf import DetailFlowARConfig, DetailFlowForImageGeneration
 from detailflow_hf.models.configuration_ar import llamagen_size
-from detailflow_hf.models.decoding import PackedLinears, kv_cache_bytes, packed_linear
+from detailflow_hf.models.decoding import PackedLinears, kv_cache_bytes
 
 SHAPES = {"gpt-l": llamagen_size("GPT-L"), "gpt-b": llamagen_size("GPT-B")}
 
@@ -103,8 +103,8 @@ def gemm_peak(device: str, dtype: torch.dtype) -> float:
     packing = PackedLinears.for_model(probe)
     if packing is not None:
         x = torch.randn(1024, 4096, dtype=dtype)
-        packed = packing.packed[probe.weight]
-        best = max(best, 2 * 1024 * 4096**2 / median_time(lambda: packed_linear(x, packed, None, 4096), device, 10))
+        with packing:
+            best = max(best, 2 * 1024 * 4096**2 / median_time(lambda: probe(x), device, 10))
     return best
 
 

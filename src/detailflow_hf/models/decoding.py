@@ -155,23 +155,21 @@ class CachedStepper:
         self.position += embeds.shape[1]
         return embeds, positions
 
-    def _forward(self, embeds: torch.Tensor, positions: torch.LongTensor, new: int) -> torch.Tensor:
+    def logits(self, codes: torch.LongTensor, new: int) -> torch.Tensor:
+        """Eager: feed what the cache lacks of `codes` `(batch, k)`; the last `new` logits `(rows, new, vocab)`."""
+        embeds, positions = self._unseen(codes)
         with self.packing:
             outputs = self.model(inputs_embeds=embeds, position_ids=positions, cache=self.cache, logits_to_keep=new)
         return outputs.logits
-
-    def logits(self, codes: torch.LongTensor, new: int) -> torch.Tensor:
-        """Eager: feed what the cache lacks of `codes` `(batch, k)`; the last `new` logits `(rows, new, vocab)`."""
-        return self._forward(*self._unseen(codes), new)
 
     def __call__(self, codes, new: int, scale=None, uniforms=None) -> tuple[torch.LongTensor, torch.Tensor]:
         """The `new` ids after `codes` `(batch, k)`; `scale`/`uniforms` and the flag as in [`next_tokens`]."""
         embeds, positions = self._unseen(codes)
         chunk = embeds.shape[1]
-        if self.compiled is not None and chunk == new and chunk in (1, self.model.config.group_size):
-            with self.packing:
+        with self.packing:
+            if self.compiled is not None and chunk == new and chunk in (1, self.model.config.group_size):
                 return self.compiled(embeds, positions, new, scale, uniforms)
-        return next_tokens(self._forward(embeds, positions, new), self.sampler, scale, uniforms)
+            return decode_step(self.model, self.sampler, embeds, positions, self.cache, new, scale, uniforms)
 
 
 def new_static_cache(model: PreTrainedModel, rows: int) -> StaticCache:

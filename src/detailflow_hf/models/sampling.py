@@ -121,18 +121,16 @@ class SamplingParams:
         """
         device = torch.device(device)
         dtype = torch.float32 if device.type == "mps" else torch.float64
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != batch_size:
-                raise ValueError(
-                    f"got {len(generator)} generators for {batch_size} class labels; pass one per image or a "
-                    "single one."
-                )
-            if not self.do_sample:
-                return None
-            rows = [torch.rand(num_tokens, generator=g, device=g.device, dtype=dtype) for g in generator]
-            return torch.stack([row.to(device) for row in rows])
+        per_image = isinstance(generator, (list, tuple))
+        if per_image and len(generator) != batch_size:
+            raise ValueError(
+                f"got {len(generator)} generators for {batch_size} class labels; pass one per image or a single one."
+            )
         if not self.do_sample:
             return None
+        if per_image:
+            rows = [torch.rand(num_tokens, generator=g, device=g.device, dtype=dtype) for g in generator]
+            return torch.stack([row.to(device) for row in rows])
         rng_device = generator.device if generator is not None else device
         return torch.rand(batch_size, num_tokens, generator=generator, device=rng_device, dtype=dtype).to(device)
 

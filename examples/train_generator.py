@@ -39,6 +39,7 @@ from detailflow_hf.training.generator_training import (
     GeneratorTrainState,
     build_generator,
     check_codes_match_tokenizer,
+    init_generator,
     make_optimizer,
     make_scheduler,
     preset_from_dict,
@@ -75,6 +76,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=flags.float_range(0.0, 1.0, what="probability"),
         default=None,
         help="default: preset (0.3)",
+    )
+    parser.add_argument(
+        "--init_from",
+        default=None,
+        help="start from this trained generator (a pipeline folder or its transformer/) instead of fresh weights;"
+        " it must have the preset's architecture and the codes' classes",
     )
     parser.add_argument(
         "--sample_steps", type=flags.positive_int, default=None, help="sample images every N steps (default: preset)"
@@ -157,7 +164,10 @@ def main(argv=None) -> TrainSummary:
     tokenizer = DetailFlowTokenizer.from_pretrained(args.tokenizer).to(accelerator.device).eval()
     check_codes_match_tokenizer(info, tokenizer)
 
-    model = build_generator(preset, vars(info), info.class_names)
+    if args.init_from:
+        model = init_generator(args.init_from, preset, vars(info), info.class_names)
+    else:
+        model = build_generator(preset, vars(info), info.class_names)
     model.generation_config = SamplingParams.resolve(None, **sampling_arguments(args)).to_generation_config()
     optimizer = make_optimizer(model, preset, preset.learning_rate)
     scheduler = make_scheduler(optimizer, preset.max_train_steps, preset.warmup_fraction)

@@ -5,6 +5,7 @@ with decay groups, per-step warm-up + cosine `LambdaLR`, presets, and one optimi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -74,14 +75,45 @@ def build_generator(
         codes_info: `vocab_size`, `num_tokens`, `group_size`, `causal_num`, `num_classes` of the codes.
         class_names: stored as the config's `id2label` when given (one per class).
     """
-    shape = {k: codes_info[k] for k in ("vocab_size", "num_tokens", "group_size", "causal_num", "num_classes")}
-    config = DetailFlowARConfig(**preset.model, **shape)
-    if class_names is not None:
-        if len(class_names) != shape["num_classes"]:
-            raise ValueError(f"{len(class_names)} class names for {shape['num_classes']} classes.")
-        config.id2label = dict(enumerate(class_names))
-        config.label2id = {name: i for i, name in enumerate(class_names)}
+    config = DetailFlowARConfig(**preset.model, **_codes_shape(codes_info))
+    _set_class_names(config, class_names)
     return DetailFlowForImageGeneration(config)
+
+
+def init_generator(
+    path: str, preset: GeneratorPreset, codes_info: dict, class_names: list[str] | None
+) -> DetailFlowForImageGeneration:
+    """A trained generator to continue training from (`--init_from`): a pipeline folder or its `transformer/`.
+
+    Its architecture must be the preset's (`preset.model`) and its token shape and class count the codes'
+    (as `build_generator` would make them); the class names become the codes'.
+    """
+    folder = Path(path)
+    if (folder / "model_index.json").is_file():
+        folder = folder / "transformer"
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--init_from {path}: expected a generator folder (config.json) or a pipeline folder.")
+    model = DetailFlowForImageGeneration.from_pretrained(folder)
+    expected = {**preset.model, **_codes_shape(codes_info)}
+    differing = {k: (getattr(model.config, k), v) for k, v in expected.items() if getattr(model.config, k) != v}
+    if differing:
+        listed = ", ".join(f"{k}={ours!r} (expected {theirs!r})" for k, (ours, theirs) in differing.items())
+        raise ValueError(f"--init_from {path} does not match the preset and the codes: {listed}.")
+    _set_class_names(model.config, class_names)
+    return model
+
+
+def _codes_shape(codes_info: dict) -> dict:
+    return {k: codes_info[k] for k in ("vocab_size", "num_tokens", "group_size", "causal_num", "num_classes")}
+
+
+def _set_class_names(config: DetailFlowARConfig, class_names: list[str] | None) -> None:
+    if class_names is None:
+        return
+    if len(class_names) != config.num_classes:
+        raise ValueError(f"{len(class_names)} class names for {config.num_classes} classes.")
+    config.id2label = dict(enumerate(class_names))
+    config.label2id = {name: i for i, name in enumerate(class_names)}
 
 
 def check_codes_match_tokenizer(info, tokenizer):

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from detailflow_hf import DetailFlowPipeline, DetailFlowTokenizer, flags
 from detailflow_hf.evaluation.arguments import add_sampling_args, sampling_arguments
 from detailflow_hf.hub import SAMPLE_GRID, is_hub_repo_id, pipeline_card, showcase_grid
+from detailflow_hf.loading import load_generator
 from detailflow_hf.models.sampling import SamplingParams
 from detailflow_hf.training.arguments import add_common_args, check_common_args, load_preset, make_accelerator
 from detailflow_hf.training.checkpointing import (
@@ -80,7 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--init_from",
         default=None,
-        help="start from this trained generator (a pipeline folder or its transformer/) instead of fresh weights;"
+        help="start from this trained generator (a pipeline or generator folder, or a Hub repo) instead of fresh"
+        " weights;"
         " it must have the preset's architecture and the codes' classes",
     )
     parser.add_argument(
@@ -165,7 +167,7 @@ def main(argv=None) -> TrainSummary:
     check_codes_match_tokenizer(info, tokenizer)
 
     if args.init_from:
-        model = init_generator(args.init_from, preset, vars(info), info.class_names)
+        model = init_generator(load_generator(args.init_from), preset, vars(info), info.class_names)
     else:
         model = build_generator(preset, vars(info), info.class_names)
     model.generation_config = SamplingParams.resolve(None, **sampling_arguments(args)).to_generation_config()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModel
 
-from .loading import load_pipeline, load_tokenizer
+from .loading import load_generator, load_pipeline, load_tokenizer
 from .models.configuration_ar import DetailFlowARConfig
 from .models.modeling_ar import DetailFlowARModel, DetailFlowForImageGeneration, DetailFlowGenerationOutput
 from .models.schedule import ResolutionSchedule
@@ -30,6 +30,7 @@ __all__ = [
     "DetailFlowPipeline",
     "DetailFlowTokenizer",
     "ResolutionSchedule",
+    "load_generator",
     "load_pipeline",
     "load_tokenizer",
 ]

@@ -29,6 +29,20 @@ def load_tokenizer(model: str | os.PathLike, device: str | torch.device = "cpu")
     return DetailFlowTokenizer.from_pretrained(path, subfolder=subfolder).to(device).eval()
 
 
+def load_generator(model: str | os.PathLike, device: str | torch.device = "cpu"):
+    """A `DetailFlowForImageGeneration` from a generator folder, a pipeline folder (its `transformer/`) or a
+    Hub repo."""
+    from .models.modeling_ar import DetailFlowForImageGeneration
+
+    path = Path(model)
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(str(model)))
+    subfolder = "transformer" if (path / "model_index.json").is_file() else ""
+    return DetailFlowForImageGeneration.from_pretrained(path, subfolder=subfolder).to(device)
+
+
 DOWNLOAD_ARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download")
 # What `DetailFlowPipeline.from_pretrained` (diffusers) honours for this pipeline; anything else it would
 # only log and ignore, so it is refused here instead.
@@ -127,4 +141,4 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     return pipe.to(device) if device is not None else pipe
 
 
-__all__ = ["ModelSource", "load_pipeline", "load_tokenizer", "model_source"]
+__all__ = ["ModelSource", "load_generator", "load_pipeline", "load_tokenizer", "model_source"]

@@ -5,7 +5,6 @@ with decay groups, per-step warm-up + cosine `LambdaLR`, presets, and one optimi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -81,24 +80,18 @@ def build_generator(
 
 
 def init_generator(
-    path: str, preset: GeneratorPreset, codes_info: dict, class_names: list[str] | None
+    model: DetailFlowForImageGeneration, preset: GeneratorPreset, codes_info: dict, class_names: list[str] | None
 ) -> DetailFlowForImageGeneration:
-    """A trained generator to continue training from (`--init_from`): a pipeline folder or its `transformer/`.
+    """`model`, a trained generator to continue training from (`--init_from`), checked and given the codes' names.
 
     Its architecture must be the preset's (`preset.model`) and its token shape and class count the codes'
-    (as `build_generator` would make them); the class names become the codes'.
+    (what `build_generator` would make); otherwise a `ValueError` names each field that differs.
     """
-    folder = Path(path)
-    if (folder / "model_index.json").is_file():
-        folder = folder / "transformer"
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"--init_from {path}: expected a generator folder (config.json) or a pipeline folder.")
-    model = DetailFlowForImageGeneration.from_pretrained(folder)
     expected = {**preset.model, **_codes_shape(codes_info)}
     differing = {k: (getattr(model.config, k), v) for k, v in expected.items() if getattr(model.config, k) != v}
     if differing:
         listed = ", ".join(f"{k}={ours!r} (expected {theirs!r})" for k, (ours, theirs) in differing.items())
-        raise ValueError(f"--init_from {path} does not match the preset and the codes: {listed}.")
+        raise ValueError(f"--init_from: the generator does not match the preset and the codes: {listed}.")
     _set_class_names(model.config, class_names)
     return model
 

@@ -108,7 +108,7 @@ def gemm_peak(device: str, dtype: torch.dtype) -> float:
     return best
 
 
-def decode_work(model: DetailFlowForImageGeneration, batch: int, guided: bool) -> tuple[int, float]:
+def decode_work(model: DetailFlowForImageGeneration, batch: int) -> tuple[int, float]:
     """(bytes that must be read, FLOPs) of one generation of `batch` images on the cached path.
 
     Bytes: every step reads all linear weights and the keys and values cached so far. FLOPs: the
@@ -120,7 +120,7 @@ def decode_work(model: DetailFlowForImageGeneration, batch: int, guided: bool) -
     body = sum(m.weight.numel() for m in linear if m is not model.lm_head)
     head = model.lm_head.weight.numel()
     element = model.lm_head.weight.element_size()
-    rows = batch * (2 if guided else 1)
+    rows = 2 * batch  # guided: conditional and null-class rows
     label = torch.zeros(1, dtype=torch.long, device=model.device)
     bytes_read, flops, fed_so_far, done = 0, 0.0, 0, 0
     for length in model.prefix_lengths():
@@ -151,7 +151,7 @@ def run(args):
         labels = torch.arange(batch, device=device) % 1000
         reference_run = partial(model.generate, labels, guidance_scale=1.5, use_cache=False, generator=seeded(device))
         reference = median_time(reference_run, device, args.repeats)
-        bytes_read, flops = decode_work(model, batch, guided=True)
+        bytes_read, flops = decode_work(model, batch)
         floors = {"bandwidth": bytes_read / bandwidth, "compute": flops / peak}
         print(
             f"batch {batch:3d}: reference {reference:8.3f} s ({batch / reference:7.2f} images/s); floors: "

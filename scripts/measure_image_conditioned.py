@@ -107,12 +107,12 @@ def main(argv=None):
         thumbs = [Image.fromarray(o).resize((side, side), Image.BICUBIC) for o in originals]
         thumb_arr = np.stack([np.asarray(t) for t in thumbs])
         k = pipe.auto_keep_tokens(side)
-        outs = pipe(
+        result = pipe(
             class_labels=labels, image=thumbs, generator=[torch.Generator().manual_seed(i) for i in range(len(thumbs))]
-        ).images
-        assert pipe(class_labels=labels[:1], image=thumbs[:1]).kept_tokens == k
+        )
+        assert result.kept_tokens == k
+        outs, kept = result.images, result.token_ids[:, :k]  # the thumbnails' own encoded prefix
         recon = pipe.decode(ids[:, :k])
-        kept = pipe.encode_prefix(thumbs, k)
         thumb_recon = pipe.decode(kept)
         true_rest = pipe.decode(torch.cat([kept, ids[:, k:]], dim=1))
         bicubic = [t.resize((size, size), Image.BICUBIC) for t in thumbs]

@@ -177,22 +177,29 @@ def train(root, out, *extra):
     )
 
 
-def test_resume_is_exact_and_the_export_loads(codes_dir, tmp_path):
-    straight = train(codes_dir, tmp_path / "a")
+@pytest.fixture(scope="module")
+def straight_run(codes_dir, tmp_path_factory):
+    """12 uninterrupted steps (`train`'s defaults): the run's summary and its output folder."""
+    out = tmp_path_factory.mktemp("straight")
+    return train(codes_dir, out), out
+
+
+def test_resume_is_exact_and_the_export_loads(codes_dir, straight_run, tmp_path):
+    straight, straight_dir = straight_run
     first = train(codes_dir, tmp_path / "b", "--stop_after_steps", "6")
     assert first.global_step == 6 and not (tmp_path / "b" / "model_index.json").exists()
     second = train(codes_dir, tmp_path / "b", "--resume_from_checkpoint", "latest")
     assert second.global_step == 12 and len(second.losses) == 6
     assert straight.losses == first.losses + second.losses  # bitwise equal floats
     for name in ("transformer/model.safetensors", "checkpoints/checkpoint-12/model.safetensors"):
-        a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        a, b = load_file(straight_dir / name), load_file(tmp_path / "b" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the export holds the EMA weights, not the raw ones
-    raw = load_file(tmp_path / "a" / "checkpoints/checkpoint-12/model.safetensors")
-    ema = load_file(tmp_path / "a" / "transformer/model.safetensors")
+    raw = load_file(straight_dir / "checkpoints/checkpoint-12/model.safetensors")
+    ema = load_file(straight_dir / "transformer/model.safetensors")
     assert not torch.equal(raw["model.embed_tokens.weight"], ema["model.embed_tokens.weight"])
 
-    pipe = DetailFlowPipeline.from_pretrained(tmp_path / "a")
+    pipe = DetailFlowPipeline.from_pretrained(straight_dir)
     assert pipe.transformer.config.id2label == {0: "circle", 1: "square", 2: "triangle"}
     ids = pipe.transformer.generate([0, 2], guidance_scale=1.5, generator=torch.Generator().manual_seed(0))
     assert ids.shape == (2, 16) and ids.max() < 64
@@ -200,25 +207,25 @@ def test_resume_is_exact_and_the_export_loads(codes_dir, tmp_path):
     assert images.shape == (1, 3, 32, 32)
 
 
-def test_init_from_continues_a_trained_generator(codes_dir, tmp_path):
+def test_init_from_continues_a_trained_generator(codes_dir, straight_run, tmp_path):
     """`--init_from` starts from a trained export's weights (bitwise), takes the codes' class names, and refuses a
     generator of another architecture or class count, naming the field."""
-    straight = train(codes_dir, tmp_path / "a")
+    straight, straight_dir = straight_run
     preset = preset_from_dict(PRESETS["tiny"])
     names = ["x", "y", "z"]
-    model = init_generator(load_generator(tmp_path / "a"), preset, CODES, names)
-    saved = load_file(tmp_path / "a" / "transformer" / "model.safetensors")
+    model = init_generator(load_generator(straight_dir), preset, CODES, names)
+    saved = load_file(straight_dir / "transformer" / "model.safetensors")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
     assert model.config.id2label == {0: "x", 1: "y", 2: "z"} and model.config.label2id["z"] == 2
 
     wider = preset_from_dict({**PRESETS["tiny"], "model": {**PRESETS["tiny"]["model"], "hidden_size": 32}})
     with pytest.raises(ValueError, match=r"hidden_size=64 \(expected 32\)"):
-        init_generator(load_generator(tmp_path / "a" / "transformer"), wider, CODES, None)
+        init_generator(load_generator(straight_dir / "transformer"), wider, CODES, None)
     with pytest.raises(ValueError, match=r"num_classes=3 \(expected 5\)"):
-        init_generator(load_generator(tmp_path / "a"), preset, {**CODES, "num_classes": 5}, None)
+        init_generator(model, preset, {**CODES, "num_classes": 5}, None)  # checked before anything is renamed
 
     # Same seed, same batches: only the starting weights differ from the straight run's.
-    continued = train(codes_dir, tmp_path / "c", "--init_from", str(tmp_path / "a"), "--max_train_steps", "2")
+    continued = train(codes_dir, tmp_path / "c", "--init_from", str(straight_dir), "--max_train_steps", "2")
     fresh = train(codes_dir, tmp_path / "d", "--max_train_steps", "2")
     assert fresh.losses[0] == straight.losses[0]
     assert continued.losses[0] != fresh.losses[0]

@@ -20,13 +20,7 @@ def load_tokenizer(model: str | os.PathLike, device: str | torch.device = "cpu")
     """A `DetailFlowTokenizer` from a tokenizer folder, a pipeline folder (its `vqvae/`) or a Hub repo."""
     from .models.tokenizer import DetailFlowTokenizer
 
-    path = Path(model)
-    if not path.is_dir():
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(str(model)))
-    subfolder = "vqvae" if (path / "model_index.json").is_file() else None
-    return DetailFlowTokenizer.from_pretrained(path, subfolder=subfolder).to(device).eval()
+    return DetailFlowTokenizer.from_pretrained(_component_folder(model, "vqvae")).to(device).eval()
 
 
 def load_generator(model: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -34,13 +28,18 @@ def load_generator(model: str | os.PathLike, device: str | torch.device = "cpu")
     Hub repo."""
     from .models.modeling_ar import DetailFlowForImageGeneration
 
+    return DetailFlowForImageGeneration.from_pretrained(_component_folder(model, "transformer")).to(device)
+
+
+def _component_folder(model: str | os.PathLike, component: str) -> Path:
+    """The folder of one model: `model` itself, or its `component/` when it is a pipeline folder; a name that
+    is no local folder is a Hub repo, downloaded first."""
     path = Path(model)
     if not path.is_dir():
         from huggingface_hub import snapshot_download
 
         path = Path(snapshot_download(str(model)))
-    subfolder = "transformer" if (path / "model_index.json").is_file() else ""
-    return DetailFlowForImageGeneration.from_pretrained(path, subfolder=subfolder).to(device)
+    return path / component if (path / "model_index.json").is_file() else path
 
 
 DOWNLOAD_ARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download")

@@ -75,8 +75,15 @@ def decode_step(
 ) -> tuple[torch.LongTensor, torch.Tensor]:
     """Feed `embeds` `(rows, chunk, hidden)` at `position_ids` against `cache`; the `new` next ids (and
     the finiteness flag of [`next_tokens`])."""
-    logits = model(inputs_embeds=embeds, position_ids=position_ids, cache=cache, logits_to_keep=new).logits
-    return next_tokens(logits, sampler, scale, uniforms)
+    return next_tokens(step_logits(model, embeds, position_ids, cache, new), sampler, scale, uniforms)
+
+
+def step_logits(
+    model: PreTrainedModel, embeds: torch.Tensor, position_ids: torch.LongTensor, cache: StaticCache, new: int
+) -> torch.Tensor:
+    """Feed `embeds` `(rows, chunk, hidden)` at `position_ids` against `cache`; the last `new` logits
+    `(rows, new, vocab)`."""
+    return model(inputs_embeds=embeds, position_ids=position_ids, cache=cache, logits_to_keep=new).logits
 
 
 class RecomputeStepper:
@@ -120,17 +127,19 @@ class CachedStepper:
         labels: torch.LongTensor,
         sampler: SamplingParams,
         compile: bool = False,
-        guided: bool = False,
     ):
         self.model, self.labels, self.sampler = model, labels, sampler
         self.packing = PackedLinears.for_model(model) or contextlib.nullcontext()
-        self.compiled = compiled_decoding(model, labels.shape[0], sampler, guided) if compile else None
+        self.compiled = compiled_decoding(model, labels.shape[0], sampler) if compile else None
         if self.compiled is not None and not self.compiled.lock.acquire(blocking=False):
             logger.info("the compiled step is in use by another generation; decoding eagerly")
             self.compiled = None
         try:
-            self.cache = self.compiled.cache if self.compiled is not None else new_static_cache(model, labels.shape[0])
-            self.reset()
+            if self.compiled is not None:
+                self.cache = self.compiled.cache
+                self.reset()  # it may hold an earlier generation's entries
+            else:
+                self.cache, self.position = new_static_cache(model, labels.shape[0]), 0  # allocated empty
         except BaseException:
             self.close()
             raise
@@ -159,15 +168,14 @@ class CachedStepper:
         """Eager: feed what the cache lacks of `codes` `(batch, k)`; the last `new` logits `(rows, new, vocab)`."""
         embeds, positions = self._unseen(codes)
         with self.packing:
-            outputs = self.model(inputs_embeds=embeds, position_ids=positions, cache=self.cache, logits_to_keep=new)
-        return outputs.logits
+            return step_logits(self.model, embeds, positions, self.cache, new)
 
     def __call__(self, codes, new: int, scale=None, uniforms=None) -> tuple[torch.LongTensor, torch.Tensor]:
         """The `new` ids after `codes` `(batch, k)`; `scale`/`uniforms` and the flag as in [`next_tokens`]."""
         embeds, positions = self._unseen(codes)
         chunk = embeds.shape[1]
         with self.packing:
-            if self.compiled is not None and chunk == new and chunk in (1, self.model.config.group_size):
+            if self.compiled is not None and chunk == new:  # plain decoding (1 or g entries), not a prefill
                 return self.compiled(embeds, positions, new, scale, uniforms)
             return decode_step(self.model, self.sampler, embeds, positions, self.cache, new, scale, uniforms)
 
@@ -234,17 +242,17 @@ MAX_COMPILED_PER_MODEL = 4
 """How many compiled steps (each with its KV cache) a model keeps; the least recently used goes first."""
 
 
-def compiled_decoding(model: PreTrainedModel, rows: int, sampler: SamplingParams, guided: bool) -> CompiledDecoding:
+def compiled_decoding(model: PreTrainedModel, rows: int, sampler: SamplingParams) -> CompiledDecoding:
     """The model's [`CompiledDecoding`] for this batch and these settings, made on first use.
 
-    Keyed by (rows, device, dtype, the sampling settings the step reads, guided): each key compiles
+    Keyed by (rows, device, dtype, the sampling settings the step reads, whether it guides): each key compiles
     two graphs (chunks of 1 and `g` entries) and reuses them; neither the guidance scale (a tensor
     input, so gradual guidance) nor `num_tokens` (the cache holds full sequences) recompiles. Up to
     [`MAX_COMPILED_PER_MODEL`] keys are kept; an evicted key compiles again when next used.
     """
     # the step reads the sampling settings, not the guidance ones (the scale is an input); greedy reads none
     settings = replace(sampler, guidance_scale=1.0, gradual_guidance=False) if sampler.do_sample else None
-    key = (rows, model.device, model.dtype, settings, guided)
+    key = (rows, model.device, model.dtype, settings, sampler.guided)
     with _STORE_LOCK:
         store = COMPILED_STEPS.setdefault(model, collections.OrderedDict())
         entry = store.get(key)

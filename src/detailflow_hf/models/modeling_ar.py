@@ -436,11 +436,11 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
         codes = self._check_prefix_ids(prefix_ids, labels.shape[0], steps[-1])
         uniforms = params.draw_uniforms(generator, labels.shape[0], self.config.num_tokens, self.device)
         scales = None
-        if params.guidance_scale > 1.0:
+        if params.guided:
             labels = torch.cat([labels, torch.full_like(labels, self.config.null_class_id)])
             scales = torch.tensor([self._guidance_scale(params, length) for length in steps], device=self.device)
         if use_cache:
-            stepper = CachedStepper(self, labels, params, compile=compile, guided=scales is not None)
+            stepper = CachedStepper(self, labels, params, compile=compile)
         elif compile:
             raise ValueError("compile=True compiles the cached path; it cannot be combined with use_cache=False.")
         else:

@@ -92,6 +92,11 @@ class SamplingParams:
                 values.pop(name)
         return GenerationConfig(**values)
 
+    @property
+    def guided(self) -> bool:
+        """Whether classifier-free guidance runs (a null-class half beside the conditional rows)."""
+        return self.guidance_scale > 1.0
+
     def guidance_for_group(self, group_index: int, num_groups: int) -> float:
         """Scale used for the parallel group `group_index` (in `[c/g, G)`).
 

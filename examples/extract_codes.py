@@ -6,7 +6,9 @@
 Per image: a centre crop and its mirror image (or `--ten_crop`: 10 crops of a 1.1x centre crop;
 `--no_mirror` drops the mirror images, for data whose meaning changes when flipped: text, flags),
 one self-correction noise index shared by the crops, and `[clean, noisy input, label]` codes
-(`--no_correction`: clean codes only). Output: see `detailflow_hf.training.codes`.
+(`--no_correction`: clean codes only). `--thumbnail_prefixes N` adds N codes per image whose input
+starts with the prefix a thumbnail of it keeps (`detailflow_hf.training.thumbnail_prefixes`), for
+generators meant to complete detail. Output: see `detailflow_hf.training.codes`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from detailflow_hf.training.arguments import add_dataset_args
 from detailflow_hf.training.codes import CodesWriter, codes_info_for, write_codes_info
 from detailflow_hf.training.data import DECODE_ERRORS, SkipCounter, image_name, split_for_process
 from detailflow_hf.training.self_correction import noise_token_index, noisy_encode
+from detailflow_hf.training.thumbnail_prefixes import draw_thumbnail_sides, thumbnail_prefix_codes
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--no_correction", dest="correction", action="store_false", help="clean codes only")
     parser.add_argument(
+        "--thumbnail_prefixes",
+        type=flags.int_range(0, 64, "a count of thumbnail-prefix codes per image"),
+        default=0,
+        help="per image, this many more codes continuing a random thumbnail's prefix with the image's tokens",
+    )
+    parser.add_argument(
         "--num_classes", type=flags.positive_int, default=None, help="needed when labels are not a ClassLabel"
     )
     parser.add_argument("--rows_per_shard", type=flags.positive_int, default=10000)
@@ -50,7 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=flags.int_range(0, 2**32 - 1, "a seed"), default=0)
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.thumbnail_prefixes and not args.correction:
+        parser.error("--thumbnail_prefixes stores [clean, input, label] triples; drop --no_correction.")
+    return args
 
 
 def image_crops(image: Image.Image, size: int, use_ten_crop: bool, mirror: bool = True) -> torch.Tensor:
@@ -80,7 +92,7 @@ def main(argv=None) -> int:
     num_classes = len(names) if names else args.num_classes
     if num_classes is None:
         raise ValueError("the label column is not a ClassLabel: pass --num_classes.")
-    crops = (10 if args.ten_crop else 2) // (1 if args.mirror else 2)
+    crops = (10 if args.ten_crop else 2) // (1 if args.mirror else 2) + args.thumbnail_prefixes
     info = codes_info_for(tokenizer, num_classes, names, crops=crops, triples=args.correction)
     writer = CodesWriter(
         args.output_dir, info, accelerator.process_index, accelerator.num_processes, args.rows_per_shard
@@ -93,7 +105,8 @@ def main(argv=None) -> int:
         if args.max_images is not None and index >= args.max_images:
             break
         try:
-            pixels = image_crops(open_image(row["image"]), size, args.ten_crop, args.mirror).to(accelerator.device)
+            image = open_image(row["image"])
+            pixels = image_crops(image, size, args.ten_crop, args.mirror).to(accelerator.device)
         except DECODE_ERRORS as error:
             skipped.record(image_name({**row, "_row": index}), error)
             continue
@@ -102,7 +115,11 @@ def main(argv=None) -> int:
         )
         with torch.no_grad(), accelerator.autocast():
             encoded = noisy_encode(tokenizer, pixels, k, generator=generator)
-        codes = encoded.code_triples() if args.correction else encoded.clean_ids[..., None]
+            codes = encoded.code_triples() if args.correction else encoded.clean_ids[..., None]
+            if args.thumbnail_prefixes:
+                sides = draw_thumbnail_sides(schedule, args.thumbnail_prefixes, generator)
+                thumbs = thumbnail_prefix_codes(tokenizer, image, sides)
+                codes = torch.cat([codes, thumbs.to(codes.device)])
         writer.add(codes.cpu().numpy(), int(row["label"]))
         progress.update(1)
     writer.flush()

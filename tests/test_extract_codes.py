@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +7,8 @@ from datasets import load_dataset
 
 from detailflow_hf.training.codes import CodesInfo, CodesWriter, build_codes_stream, read_codes_info, shard_files
 from tests.image_folder import CLASSES, load_example, tiny_tokenizer, write_image_folder
+
+HELDOUT = Path(__file__).parent / "fixtures" / "emoji_heldout"
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +103,88 @@ def test_no_mirror_stores_only_the_unflipped_crops(extracted, tmp_path):
     assert read_codes_info(tmp_path / "five").crops == 5
     one = load_dataset("parquet", data_files=shard_files(tmp_path / "one"), split="train")
     assert read_codes_info(tmp_path / "one").crops == 1 and one.features["codes"].shape == (1, 16, 1)
+
+
+def _thumbnail_inputs(tok, image, sides):
+    """What a thumbnail-prefix code of `image` must hold per side, computed here from the pipeline's
+    own preprocessing: the full image's ids, and the thumbnail's first k ids followed by them."""
+    from PIL import Image
+
+    from detailflow_hf.pipelines.image_processing import DetailFlowImageProcessor, center_crop_arr
+
+    centre = center_crop_arr(image, tok.config.image_size)
+    pixels, _ = DetailFlowImageProcessor(tok.config.image_size).preprocess(
+        [centre] + [centre.resize((s, s), Image.BICUBIC) for s in sides]
+    )
+    with torch.no_grad():
+        ids = tok.encode(pixels).token_ids
+    shown = [tok.schedule.tokens_shown(s) for s in sides]
+    return ids[0], [torch.cat([row[:k], ids[0][k:]]) for row, k in zip(ids[1:], shown)]
+
+
+def test_thumbnail_prefix_codes_continue_a_thumbnails_prefix_with_the_image(extracted):
+    from PIL import Image
+
+    from detailflow_hf.training.thumbnail_prefixes import (
+        draw_thumbnail_sides,
+        thumbnail_prefix_codes,
+        thumbnail_sides,
+    )
+
+    tok = tiny_tokenizer()
+    # the tiny schedule (16 tokens, 32 px, 8 px patches): 1-3 tokens show 8 px, 4 show 16, 8 show 24, 12-16 show 32
+    assert thumbnail_sides(tok.schedule) == [8, 16, 24]
+    assert [tok.schedule.tokens_shown(s) for s in (7, 8, 15, 16, 24, 32)] == [0, 3, 3, 4, 8, 16]
+    drawn = draw_thumbnail_sides(tok.schedule, 30, torch.Generator().manual_seed(0))
+    assert set(drawn) == {8, 16, 24}
+    image = Image.open(sorted((extracted / "images" / "train").rglob("[0-9].png"))[0]).convert("RGB")
+    sides = [8, 16, 24, 16]
+    codes = thumbnail_prefix_codes(tok, image, sides)
+    clean, inputs = _thumbnail_inputs(tok, image, sides)
+    assert codes.shape == (4, 16, 3)
+    assert (codes[..., 0] == clean).all() and (codes[..., 2] == clean).all()
+    assert torch.equal(codes[..., 1], torch.stack(inputs))
+    with pytest.raises(ValueError, match=r"thumbnail sides \[8, 32\] must each be one of \[8, 16, 24\] px"):
+        thumbnail_prefix_codes(tok, image, [8, 32])
+
+
+def test_a_thumbnails_prefix_is_not_the_full_images():
+    """On the embedded model's trained tokenizer a thumbnail's kept ids differ from the full image's:
+    what thumbnail-prefix codes teach the generator to continue from."""
+    import detailflow_hf
+    from detailflow_hf.pipelines.image_processing import open_image
+    from detailflow_hf.training.thumbnail_prefixes import thumbnail_prefix_codes
+
+    tok = detailflow_hf.load_tokenizer(detailflow_hf.DEFAULT_MODEL)
+    image = open_image(sorted(HELDOUT.glob("*.png"))[0])
+    codes = thumbnail_prefix_codes(tok, image, [8, 16, 24])
+    shown = [tok.schedule.tokens_shown(s) for s in (8, 16, 24)]
+    assert shown == [8, 24, 40]
+    differing = [int((row[:k, 1] != row[:k, 0]).sum()) for row, k in zip(codes, shown)]
+    assert all(d > 0 for d in differing), differing
+    assert all((row[k:, 1] == row[k:, 0]).all() for row, k in zip(codes, shown))
+
+
+def test_extract_codes_appends_thumbnail_prefix_codes(extracted, tmp_path):
+    from PIL import Image
+
+    example = load_example("extract_codes")
+    arguments = ["--tokenizer", str(extracted / "tokenizer"), "--train_data_dir", str(extracted / "images")]
+    out = tmp_path / "thumbs"
+    assert example.main([*arguments, "--output_dir", str(out), "--no_mirror", "--thumbnail_prefixes", "3"]) == 0
+    assert read_codes_info(out).crops == 4
+    ds = load_dataset("parquet", data_files=shard_files(out), split="train").with_format("numpy")
+    codes = np.asarray(ds["codes"])
+    assert codes.shape == (18, 4, 16, 3)
+    # crop 0 is the centre crop's self-correction triple; crops 1-3 continue a thumbnail's prefix with it
+    assert (codes[:, 1:, :, 0] == codes[:, 1:, :, 2]).all() and (codes[:, 1:, :, 0] == codes[:, :1, :, 0]).all()
+    tok = tiny_tokenizer()
+    allowed = {}
+    for path in sorted((extracted / "images" / "train").rglob("[0-9].png")):
+        clean, inputs = _thumbnail_inputs(tok, Image.open(path).convert("RGB"), [8, 16, 24])
+        allowed.setdefault(tuple(clean.tolist()), []).extend(tuple(i.tolist()) for i in inputs)
+    for row in codes:
+        assert all(tuple(code.tolist()) in allowed[tuple(row[0, :, 0].tolist())] for code in row[1:, :, 1])
+    with pytest.raises(SystemExit) as exit_info:
+        example.parse_args([*arguments, "--output_dir", str(out), "--thumbnail_prefixes", "3", "--no_correction"])
+    assert exit_info.value.code == 2

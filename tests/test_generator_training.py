@@ -27,6 +27,7 @@ from detailflow_hf.training.generator_training import (
     make_scheduler,
     param_groups,
     preset_from_dict,
+    swap_prefixes,
     train_step,
 )
 from detailflow_hf.training.schedules import generator_factor
@@ -48,6 +49,21 @@ def test_inputs_and_targets_follow_the_correction_probability():
     assert torch.equal(only_clean, clean[:, :12]) and torch.equal(t, clean)
     with pytest.raises(ValueError, match=r"got \(1000, 16, 2\)"):
         inputs_and_targets(codes[..., :2], 4, 0.3)
+
+
+def test_swap_prefixes_take_a_prefix_from_the_next_row():
+    rows, length = 1000, 12
+    inputs = torch.arange(rows)[:, None] * 100 + torch.arange(length)  # row r holds r*100 + position
+    assert swap_prefixes(inputs, [1, 4, 8], 0.0) is inputs
+    swapped = swap_prefixes(inputs, [1, 4, 8], 0.3, generator=torch.Generator().manual_seed(0))
+    source_row = swapped // 100
+    foreign = source_row != torch.arange(rows)[:, None]
+    assert torch.equal(swapped % 100, inputs % 100)  # positions stay; only the row they come from changes
+    assert torch.equal(source_row[foreign], (torch.arange(rows)[:, None] - 1).expand(-1, length)[foreign] % rows)
+    counts = foreign.sum(1)
+    assert set(counts.tolist()) == {0, 1, 4, 8}  # a whole valid prefix, nothing after it
+    assert all(foreign[r, : counts[r]].all() for r in range(rows))
+    assert abs((counts > 0).float().mean().item() - 0.3) < 0.05
 
 
 def test_presets_and_param_groups():
@@ -100,6 +116,29 @@ def test_tiny_generator_loss_drops_on_a_fixed_batch():
     assert losses[0] == pytest.approx(math.log(64), abs=0.01)  # zero-initialised head: uniform logits
     # 4.16 -> ~2.7 (class dropout stays on; the cosine schedule ends at 1% of the peak)
     assert losses[-1] < losses[25] < losses[0] and losses[-1] < 0.7 * losses[0], losses[::10]
+
+
+def test_train_step_swaps_prefixes_at_the_presets_rate(monkeypatch):
+    from dataclasses import replace
+
+    from detailflow_hf.training import generator_training
+
+    calls = []
+
+    def recording(inputs, lengths, prob, generator=None):
+        calls.append((tuple(inputs.shape), lengths, prob))
+        return swap_prefixes(inputs, lengths, prob, generator)
+
+    monkeypatch.setattr(generator_training, "swap_prefixes", recording)
+    for prob in (0.0, 0.25):
+        preset = replace(preset_from_dict(PRESETS["tiny"]), prefix_swap_prob=prob)
+        model = build_generator(preset, CODES, None)
+        optimizer = make_optimizer(model, preset, preset.learning_rate)
+        state = GeneratorTrainState(model, optimizer, make_scheduler(optimizer, 5, 0.0), preset)
+        batch = {"codes": torch.randint(0, 64, (8, 16, 1)), "label": torch.arange(8) % 3}
+        train_step(state, batch, 1, Accelerator(cpu=True))
+    # off by default; on, every trained prefix that fits the 12 input positions (16 tokens minus a group)
+    assert calls == [((8, 12), [1, 2, 3, 4, 8, 12], 0.25)]
 
 
 def test_half_written_checkpoint_is_never_latest_and_pruning(tmp_path):

@@ -119,6 +119,12 @@ class ResolutionSchedule:
         """Side of the image the decoder outputs for the first ``num_tokens`` tokens."""
         return max(self.snap(self.resolution(num_tokens), self.decoder_patch_size), self.decoder_patch_size)
 
+    def tokens_shown(self, short_side: int) -> int:
+        """The longest trained prefix whose decoder resolution is at most ``short_side`` px (0 if none
+        is): what an image of that size actually shows."""
+        fitting = [t for t in self.token_list if self.decoder_resolution(t) <= short_side]
+        return fitting[-1] if fitting else 0
+
     def encoder_resolution(self, num_tokens: int) -> int:
         return self.snap(self.resolution(num_tokens), self.encoder_patch_size)
 

@@ -181,10 +181,8 @@ class DetailFlowPipeline(DiffusionPipeline):
 
     def auto_keep_tokens(self, short_side: int) -> int:
         """The longest trained prefix whose resolution is at most `short_side` px (0 if none is):
-        what an image of that size actually shows."""
-        schedule = self.vqvae.schedule
-        fitting = [k for k in schedule.token_list if schedule.decoder_resolution(k) <= short_side]
-        return fitting[-1] if fitting else 0
+        what an image of that size actually shows (`ResolutionSchedule.tokens_shown`)."""
+        return self.vqvae.schedule.tokens_shown(short_side)
 
     @torch.no_grad()
     def encode_prefix(self, image, keep_tokens: int | None = None) -> torch.LongTensor:

@@ -35,6 +35,7 @@ class GeneratorPreset:
     ema_decay: float = 0.9999
     max_grad_norm: float = 1.0
     correction_prob: float = 0.3
+    prefix_swap_prob: float = 0.0
     sample_steps: int = 5000
 
 
@@ -152,6 +153,30 @@ def inputs_and_targets(
     return inputs[:, :-group_size], targets
 
 
+def swap_prefixes(
+    inputs: torch.LongTensor, lengths: list[int], prob: float, generator: torch.Generator | None = None
+) -> torch.LongTensor:
+    """Per row with probability `prob`: its first `k` input ids (`k` drawn from `lengths`) replaced by the
+    next row's (the batch rolled by one); the targets stay the row's own.
+
+    The generator then learns that its class, not the kept tokens, sets what follows a prefix: a model
+    whose classes are single pictures (the embedded emoji model) continues a foreign image's prefix with
+    its class's own detail instead of an arbitrary one. Off (0) for datasets with many images per class,
+    where the prefix should lead.
+
+    Args:
+        inputs: `(B, L)` input ids; `lengths` must not exceed `L`.
+    """
+    if prob <= 0 or inputs.shape[0] < 2:
+        return inputs
+    rows = inputs.shape[0]
+    swap = torch.rand(rows, generator=generator, device=inputs.device) < prob
+    picks = torch.randint(0, len(lengths), (rows,), generator=generator, device=inputs.device)
+    k = torch.tensor(lengths, device=inputs.device)[picks]
+    foreign = torch.arange(inputs.shape[1], device=inputs.device)[None] < k[:, None]
+    return torch.where(swap[:, None] & foreign, inputs.roll(1, dims=0), inputs)
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: `weight_decay` on every >= 2-D parameter (embeddings included), 0 on 1-D (norms)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -198,6 +223,9 @@ def train_step(state: GeneratorTrainState, batch: dict, step: int, accelerator) 
     config = accelerator.unwrap_model(model).config
     with accelerator.accumulate(model):
         inputs, targets = inputs_and_targets(batch["codes"].long(), config.group_size, preset.correction_prob)
+        if preset.prefix_swap_prob > 0:
+            lengths = [k for k in accelerator.unwrap_model(model).prefix_lengths() if k <= inputs.shape[1]]
+            inputs = swap_prefixes(inputs, lengths, preset.prefix_swap_prob)
         with accelerator.autocast():
             loss = model(input_ids=inputs, class_labels=batch["label"].long(), labels=targets).loss
         accelerator.backward(loss)
@@ -223,6 +251,7 @@ __all__ = [
     "build_generator",
     "check_codes_match_tokenizer",
     "sample_grid",
+    "swap_prefixes",
     "inputs_and_targets",
     "make_optimizer",
     "make_scheduler",

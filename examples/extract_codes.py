@@ -6,9 +6,10 @@
 Per image: a centre crop and its mirror image (or `--ten_crop`: 10 crops of a 1.1x centre crop;
 `--no_mirror` drops the mirror images, for data whose meaning changes when flipped: text, flags),
 one self-correction noise index shared by the crops, and `[clean, noisy input, label]` codes
-(`--no_correction`: clean codes only). `--thumbnail_prefixes N` adds N codes per image whose input
-starts with the prefix a thumbnail of it keeps (`detailflow_hf.training.thumbnail_prefixes`), for
-generators meant to complete detail. Output: see `detailflow_hf.training.codes`.
+(`--no_correction`: clean codes only). `--thumbnail_prefixes N` adds N codes per image (after its crops;
+not with `--ten_crop`) whose input starts with the prefix a thumbnail of its centre crop keeps
+(`detailflow_hf.training.thumbnail_prefixes`), for generators meant to complete detail.
+Output: see `detailflow_hf.training.codes`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.thumbnail_prefixes and not args.correction:
         parser.error("--thumbnail_prefixes stores [clean, input, label] triples; drop --no_correction.")
+    if args.thumbnail_prefixes and args.ten_crop:
+        parser.error("--thumbnail_prefixes continues the centre crop's tokens; it cannot be combined with --ten_crop.")
     return args
 
 
@@ -118,7 +121,9 @@ def main(argv=None) -> int:
             codes = encoded.code_triples() if args.correction else encoded.clean_ids[..., None]
             if args.thumbnail_prefixes:
                 sides = draw_thumbnail_sides(schedule, args.thumbnail_prefixes, generator)
-                thumbs = thumbnail_prefix_codes(tokenizer, image, sides)
+                # crop 0 is the centre crop (no --ten_crop): its thumbnails continue with its clean ids
+                centre = center_crop_arr(image, size)
+                thumbs = thumbnail_prefix_codes(tokenizer, centre, encoded.clean_ids[0], sides)
                 codes = torch.cat([codes, thumbs.to(codes.device)])
         writer.add(codes.cpu().numpy(), int(row["label"]))
         progress.update(1)

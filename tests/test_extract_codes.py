@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 from datasets import load_dataset
+from PIL import Image
 
+import detailflow_hf
 from detailflow_hf.training.codes import CodesInfo, CodesWriter, build_codes_stream, read_codes_info, shard_files
 from tests.image_folder import CLASSES, load_example, tiny_tokenizer, write_image_folder
 
@@ -108,8 +110,6 @@ def test_no_mirror_stores_only_the_unflipped_crops(extracted, tmp_path):
 def _thumbnail_inputs(tok, image, sides):
     """What a thumbnail-prefix code of `image` must hold per side, computed here from the pipeline's
     own preprocessing: the full image's ids, and the thumbnail's first k ids followed by them."""
-    from PIL import Image
-
     from detailflow_hf.pipelines.image_processing import DetailFlowImageProcessor, center_crop_arr
 
     centre = center_crop_arr(image, tok.config.image_size)
@@ -125,6 +125,7 @@ def _thumbnail_inputs(tok, image, sides):
 def test_thumbnail_prefix_codes_continue_a_thumbnails_prefix_with_the_image(extracted):
     from PIL import Image
 
+    from detailflow_hf.pipelines.image_processing import center_crop_arr
     from detailflow_hf.training.thumbnail_prefixes import (
         draw_thumbnail_sides,
         thumbnail_prefix_codes,
@@ -139,25 +140,31 @@ def test_thumbnail_prefix_codes_continue_a_thumbnails_prefix_with_the_image(extr
     assert set(drawn) == {8, 16, 24}
     image = Image.open(sorted((extracted / "images" / "train").rglob("[0-9].png"))[0]).convert("RGB")
     sides = [8, 16, 24, 16]
-    codes = thumbnail_prefix_codes(tok, image, sides)
     clean, inputs = _thumbnail_inputs(tok, image, sides)
+    centre = center_crop_arr(image, 32)
+    codes = thumbnail_prefix_codes(tok, centre, clean, sides)
     assert codes.shape == (4, 16, 3)
     assert (codes[..., 0] == clean).all() and (codes[..., 2] == clean).all()
     assert torch.equal(codes[..., 1], torch.stack(inputs))
-    with pytest.raises(ValueError, match=r"thumbnail sides \[8, 32\] must each be one of \[8, 16, 24\] px"):
-        thumbnail_prefix_codes(tok, image, [8, 32])
+    with pytest.raises(
+        ValueError, match=r"a 32 px thumbnail shows 16 of 16 tokens; .* needs 1 to 15 \(sides 8-31 px\)"
+    ):
+        thumbnail_prefix_codes(tok, centre, clean, [8, 32])
+    with pytest.raises(ValueError, match=r"the full image is 40 x 40 px; expected 32 x 32"):
+        thumbnail_prefix_codes(tok, image.resize((40, 40)), clean, [8])
 
 
+@pytest.mark.skipif(detailflow_hf.DEFAULT_MODEL is None, reason="no embedded model")
 def test_a_thumbnails_prefix_is_not_the_full_images():
     """On the embedded model's trained tokenizer a thumbnail's kept ids differ from the full image's:
     what thumbnail-prefix codes teach the generator to continue from."""
-    import detailflow_hf
     from detailflow_hf.pipelines.image_processing import open_image
     from detailflow_hf.training.thumbnail_prefixes import thumbnail_prefix_codes
 
     tok = detailflow_hf.load_tokenizer(detailflow_hf.DEFAULT_MODEL)
-    image = open_image(sorted(HELDOUT.glob("*.png"))[0])
-    codes = thumbnail_prefix_codes(tok, image, [8, 16, 24])
+    image = open_image(sorted(HELDOUT.glob("*.png"))[0]).resize((32, 32), Image.BICUBIC)
+    clean, _ = _thumbnail_inputs(tok, image, [])
+    codes = thumbnail_prefix_codes(tok, image, clean, [8, 16, 24])
     shown = [tok.schedule.tokens_shown(s) for s in (8, 16, 24)]
     assert shown == [8, 24, 40]
     differing = [int((row[:k, 1] != row[:k, 0]).sum()) for row, k in zip(codes, shown)]
@@ -185,6 +192,7 @@ def test_extract_codes_appends_thumbnail_prefix_codes(extracted, tmp_path):
         allowed.setdefault(tuple(clean.tolist()), []).extend(tuple(i.tolist()) for i in inputs)
     for row in codes:
         assert all(tuple(code.tolist()) in allowed[tuple(row[0, :, 0].tolist())] for code in row[1:, :, 1])
-    with pytest.raises(SystemExit) as exit_info:
-        example.parse_args([*arguments, "--output_dir", str(out), "--thumbnail_prefixes", "3", "--no_correction"])
-    assert exit_info.value.code == 2
+    for other in ("--no_correction", "--ten_crop"):
+        with pytest.raises(SystemExit) as exit_info:
+            example.parse_args([*arguments, "--output_dir", str(out), "--thumbnail_prefixes", "3", other])
+        assert exit_info.value.code == 2

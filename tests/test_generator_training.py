@@ -123,22 +123,34 @@ def test_train_step_swaps_prefixes_at_the_presets_rate(monkeypatch):
 
     from detailflow_hf.training import generator_training
 
-    calls = []
+    calls, fed = [], []
 
     def recording(inputs, lengths, prob, generator=None):
-        calls.append((tuple(inputs.shape), lengths, prob))
-        return swap_prefixes(inputs, lengths, prob, generator)
+        swapped = swap_prefixes(inputs, lengths, prob, generator)
+        calls.append((tuple(inputs.shape), lengths, prob, swapped))
+        return swapped
 
     monkeypatch.setattr(generator_training, "swap_prefixes", recording)
-    for prob in (0.0, 0.25):
+    torch.manual_seed(0)
+    for prob in (0.0, 0.9):
         preset = replace(preset_from_dict(PRESETS["tiny"]), prefix_swap_prob=prob)
         model = build_generator(preset, CODES, None)
+        model.register_forward_pre_hook(lambda m, a, kw: fed.append(kw["input_ids"].clone()), with_kwargs=True)
         optimizer = make_optimizer(model, preset, preset.learning_rate)
         state = GeneratorTrainState(model, optimizer, make_scheduler(optimizer, 5, 0.0), preset)
-        batch = {"codes": torch.randint(0, 64, (8, 16, 1)), "label": torch.arange(8) % 3}
-        train_step(state, batch, 1, Accelerator(cpu=True))
+        codes = torch.arange(8)[:, None, None] * 16 + torch.arange(16)[None, :, None]  # distinct ids per row
+        train_step(state, {"codes": codes % 64, "label": torch.arange(8) % 3}, 1, Accelerator(cpu=True))
     # off by default; on, every trained prefix that fits the 12 input positions (16 tokens minus a group)
-    assert calls == [((8, 12), [1, 2, 3, 4, 8, 12], 0.25)]
+    assert [c[:3] for c in calls] == [((8, 12), [1, 2, 3, 4, 8, 12], 0.9)]
+    assert torch.equal(fed[0], (codes % 64)[:8, :12, 0])  # off: the codes as they are
+    assert torch.equal(fed[1], calls[0][3]) and not torch.equal(fed[1], fed[0])  # on: the model gets the swap
+
+
+@pytest.mark.parametrize("field", ["correction_prob", "prefix_swap_prob"])
+def test_preset_probabilities_are_checked(field):
+    for bad in (1.5, -0.1, "0.3", True):
+        with pytest.raises(ValueError, match=rf"{field}={bad!r} must be a probability in \[0, 1\]"):
+            preset_from_dict({"model": {}, field: bad})
 
 
 def test_half_written_checkpoint_is_never_latest_and_pruning(tmp_path):

@@ -35,7 +35,8 @@ class CodesInfo:
         vocab_size, num_tokens, group_size, causal_num: the code sequence shape and schedule.
         num_classes: labels are `0 .. num_classes - 1`.
         class_names: one per class, or `None` (integer labels).
-        crops: codes stored per image (10 with ten-crop, else 2: centre + its mirror image; half without mirrors).
+        crops: codes stored per image (10 with ten-crop, else 2: centre + its mirror image; half without mirrors),
+            then any thumbnail-prefix codes (`training.thumbnail_prefixes`); the trainer picks one uniformly.
         triples: `True` if each code holds `[clean, noisy input, label]` (self-correction), else `[clean]`.
         image_size: the resolution the tokenizer encoded.
     """

@@ -36,6 +36,13 @@ class GeneratorPreset:
     max_grad_norm: float = 1.0
     correction_prob: float = 0.3
     prefix_swap_prob: float = 0.0
+
+    def __post_init__(self):
+        for name in ("correction_prob", "prefix_swap_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"{name}={value!r} must be a probability in [0, 1].")
+
     sample_steps: int = 5000
 
 
@@ -157,7 +164,7 @@ def swap_prefixes(
     inputs: torch.LongTensor, lengths: list[int], prob: float, generator: torch.Generator | None = None
 ) -> torch.LongTensor:
     """Per row with probability `prob`: its first `k` input ids (`k` drawn from `lengths`) replaced by the
-    next row's (the batch rolled by one); the targets stay the row's own.
+    previous row's (the batch rolled by one; needs 2 or more rows); the targets stay the row's own.
 
     The generator then learns that its class, not the kept tokens, sets what follows a prefix: a model
     whose classes are single pictures (the embedded emoji model) continues a foreign image's prefix with

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from ..pipelines.image_processing import center_crop_arr, to_tensor
+from ..pipelines.image_processing import DetailFlowImageProcessor
 
 
 def thumbnail_sides(schedule) -> list[int]:
@@ -39,25 +39,34 @@ def draw_thumbnail_sides(schedule, count: int, generator: torch.Generator | None
 
 
 @torch.no_grad()
-def thumbnail_prefix_codes(tokenizer, image: Image.Image, sides: list[int]) -> torch.LongTensor:
+def thumbnail_prefix_codes(
+    tokenizer, image: Image.Image, clean_ids: torch.LongTensor, sides: list[int]
+) -> torch.LongTensor:
     """One thumbnail-prefix triple per side: `(len(sides), T, 3)` (see the module docstring).
 
     Args:
         tokenizer: a `DetailFlowTokenizer`.
-        image: an RGB PIL image; its centre crop at the tokenizer's resolution is the full image.
+        image: the full image, an RGB PIL image at the tokenizer's resolution (e.g. a centre crop).
+        clean_ids: `(T,)` its token ids, as already encoded for its own codes.
         sides: thumbnail sides in px (e.g. `draw_thumbnail_sides`); each keeps `tokens_shown(side)` ids.
     """
     schedule, size = tokenizer.schedule, tokenizer.config.image_size
-    shown = [schedule.tokens_shown(side) for side in sides]
-    if not all(0 < k < schedule.num_tokens for k in shown):
-        raise ValueError(f"thumbnail sides {sides} must each be one of {thumbnail_sides(schedule)} px.")
-    centre = center_crop_arr(image, size)
-    # a thumbnail enters the tokenizer as the pipeline feeds any image: resized and centre-cropped to `size`
-    thumbnails = [center_crop_arr(centre.resize((side, side), Image.BICUBIC), size) for side in sides]
-    pixels = torch.stack([to_tensor(im) for im in [centre, *thumbnails]]).to(tokenizer.device, tokenizer.dtype)
-    ids = tokenizer.encode(pixels).token_ids
-    clean = ids[0]
-    inputs = [torch.cat([row[:k], clean[k:]]) for row, k in zip(ids[1:], shown)]
+    if image.size != (size, size):
+        raise ValueError(f"the full image is {image.size[0]} x {image.size[1]} px; expected {size} x {size}.")
+    shown = []
+    for side in sides:
+        k = schedule.tokens_shown(side)
+        if not 0 < k < schedule.num_tokens:
+            raise ValueError(
+                f"a {side} px thumbnail shows {k} of {schedule.num_tokens} tokens; a thumbnail-prefix code needs "
+                f"1 to {schedule.num_tokens - 1} (sides {thumbnail_sides(schedule)[0]}-{size - 1} px)."
+            )
+        shown.append(k)
+    # a thumbnail enters the tokenizer as the pipeline feeds any image
+    pixels, _ = DetailFlowImageProcessor(size).preprocess([image.resize((s, s), Image.BICUBIC) for s in sides])
+    ids = tokenizer.encode(pixels.to(tokenizer.device, tokenizer.dtype)).token_ids
+    clean = clean_ids.to(ids.device)
+    inputs = [torch.cat([row[:k], clean[k:]]) for row, k in zip(ids, shown)]
     return torch.stack([torch.stack([clean, row, clean], dim=-1) for row in inputs])
 
 

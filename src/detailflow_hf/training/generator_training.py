@@ -36,14 +36,13 @@ class GeneratorPreset:
     max_grad_norm: float = 1.0
     correction_prob: float = 0.3
     prefix_swap_prob: float = 0.0
+    sample_steps: int = 5000
 
     def __post_init__(self):
         for name in ("correction_prob", "prefix_swap_prob"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ValueError(f"{name}={value!r} must be a probability in [0, 1].")
-
-    sample_steps: int = 5000
 
 
 PRESETS: dict[str, dict] = {
@@ -227,11 +226,13 @@ def train_step(state: GeneratorTrainState, batch: dict, step: int, accelerator) 
         batch: `codes` `(B, N, 3|1)` long and `label` `(B,)`.
     """
     model, optimizer, scheduler, preset, ema = state.model, state.optimizer, state.scheduler, state.preset, state.ema
-    config = accelerator.unwrap_model(model).config
+    unwrapped = accelerator.unwrap_model(model)
     with accelerator.accumulate(model):
-        inputs, targets = inputs_and_targets(batch["codes"].long(), config.group_size, preset.correction_prob)
+        inputs, targets = inputs_and_targets(
+            batch["codes"].long(), unwrapped.config.group_size, preset.correction_prob
+        )
         if preset.prefix_swap_prob > 0:
-            lengths = [k for k in accelerator.unwrap_model(model).prefix_lengths() if k <= inputs.shape[1]]
+            lengths = [k for k in unwrapped.prefix_lengths() if k <= inputs.shape[1]]
             inputs = swap_prefixes(inputs, lengths, preset.prefix_swap_prob)
         with accelerator.autocast():
             loss = model(input_ids=inputs, class_labels=batch["label"].long(), labels=targets).loss

@@ -33,14 +33,17 @@ def write_card(embedded: DetailFlowPipeline, results: dict, groups: Counter):
     description = (
         "DetailFlow-tiny, the model embedded in `detailflow_hf` (`detailflow_hf.DEFAULT_MODEL`): trained from "
         "scratch by this package's own training scripts (`bash scripts/train_default_model.sh`, seeded, about "
-        "77 minutes on a 2-core CPU) on the Noto Color Emoji font rendered at 32 px. One class per emoji, named "
+        "100 minutes on a 2-core CPU) on the Noto Color Emoji font rendered at 32 px. One class per emoji, named "
         f'by its Unicode name ({results["num_classes"]} classes: "red apple", "rocket", "cat face", ...); '
         f"{results['num_heldout_emoji']} emoji (every 10th of each Unicode group) are held out of all training "
         "to measure the tokenizer. The tokenizer (`scripts/configs/emoji_tokenizer.yaml`: MSE + VQ losses, "
         "dead-code restarts) learns each emoji in four framings (75-105% of the frame, moved up to 3 px), then "
         "its decoder alone is annealed (`examples/finetune_tokenizer_decoder.py`); the generator "
         "(`scripts/configs/emoji_generator.yaml`) learns the codes of each emoji as drawn (one crop, no mirror "
-        "image). It exists so that the CLI, the quick start and the Space run offline; it is not ImageNet-quality.\n\n"
+        "image), then continues (`scripts/configs/emoji_generator_detail.yaml`) on codes that also start from the "
+        "prefixes of the emoji's thumbnails and, in 30% of rows, from another emoji's prefix, so that it completes "
+        "the detail of an image it is given. It exists so that the CLI, the quick start and the Space run "
+        "offline; it is not ImageNet-quality.\n\n"
         "Classes by Unicode group (metadata, not classes): "
         + ", ".join(f"{group} ({count})" for group, count in groups.items())
         + '. Names with commas write them " & " (commas separate synonyms in `id2label`): "kiss: woman & man".'

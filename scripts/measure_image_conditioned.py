@@ -16,7 +16,9 @@ its first 8 tokens (its coarse layout) likeliest (`likeliest_classes`): the mode
      prefix the pipeline keeps), to the kept prefix completed with the full image's own remaining
      tokens (what a perfect continuation would give), and to plain bicubic upscaling of the
      thumbnail, all downscaled the same way;
-   - fidelity to the unseen full-size emoji: PSNR of the output, and of bicubic upscaling, against it.
+   - fidelity to the unseen full-size emoji: PSNR of the output, and of bicubic upscaling, against it;
+   - the same for the pipeline's `num_candidates` (`--candidates`, e.g. 8 32): every step draws that many
+     continuations and keeps the one nearest the thumbnail.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ def main(argv=None):
     parser.add_argument("--model", default=detailflow_hf.DEFAULT_MODEL)
     parser.add_argument("--images", default=str(ROOT / "tests" / "fixtures" / "emoji_heldout"))
     parser.add_argument("--output", default=None, help="write the figures as JSON here")
-    parser.add_argument("--variations", type=int, default=4)
+    parser.add_argument("--variations", type=int, default=4, help="per image and k (0: skip)")
     parser.add_argument("--every", type=int, default=1, help="use every n-th image (sorted by name)")
+    parser.add_argument("--candidates", type=int, nargs="*", default=[], help="num_candidates values to measure too")
     args = parser.parse_args(argv)
 
     pipe = DetailFlowPipeline.from_pretrained(args.model)
@@ -82,7 +85,7 @@ def main(argv=None):
     report = {"model": str(args.model), "images": len(files), "variations": {}, "detail_completion": {}}
 
     n = args.variations
-    for k in [k for k in schedule.token_list if k in (1, 4, 8, 16, 24, 32, 40, 48, 56)]:
+    for k in [k for k in schedule.token_list if k in (1, 4, 8, 16, 24, 32, 40, 48, 56) and n > 0]:
         dist_in, dist_between = [], []
         for i, image in enumerate(images):
             gens = [torch.Generator().manual_seed(1000 * i + j) for j in range(n)]
@@ -119,6 +122,18 @@ def main(argv=None):
         to_thumbnail = lambda images, side=side, thumb_arr=thumb_arr: round(  # noqa: E731
             psnr(resize_all(images, side), thumb_arr), 2
         )
+        with_candidates = {}
+        for n in args.candidates:
+            picked = pipe(
+                class_labels=labels,
+                image=thumbs,
+                generator=[torch.Generator().manual_seed(i) for i in range(len(thumbs))],
+                num_candidates=n,
+            ).images
+            with_candidates[n] = {
+                "psnr_to_thumbnail": to_thumbnail(picked),
+                "psnr_to_full_size": round(psnr(np.stack([np.asarray(o) for o in picked]), originals), 2),
+            }
         report["detail_completion"][side] = {
             "kept_tokens": k,
             "psnr_to_thumbnail": {
@@ -132,6 +147,7 @@ def main(argv=None):
                 "output": round(psnr(np.stack([np.asarray(o) for o in outs]), originals), 2),
                 "bicubic_upscaling": round(psnr(np.stack([np.asarray(b) for b in bicubic]), originals), 2),
             },
+            "num_candidates": with_candidates,
         }
         print("detail completion", side, report["detail_completion"][side], flush=True)
     if args.output:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the embedded default model (src/detailflow_hf/default_model) with this package's own training
-# scripts, offline and seeded, on a 2-core CPU (about 77 minutes). A maintainer script: it overwrites the
+# scripts, offline and seeded, on a 2-core CPU (about 100 minutes). A maintainer script: it overwrites the
 # embedded model. Needs: apt-get install fonts-noto-color-emoji unicode-data
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,13 @@ python examples/finetune_tokenizer_decoder.py --model "$OUT/tokenizer_stage1" --
 python examples/extract_codes.py --tokenizer "$OUT/tokenizer" --train_data_dir "$DATA/train" --output_dir "$OUT/codes" \
     --no_mirror --seed 0
 python examples/train_generator.py --config scripts/configs/emoji_generator.yaml --tokenizer "$OUT/tokenizer" \
-    --codes_dir "$OUT/codes" --output_dir "$OUT/pipeline" --seed 0 --report_to none --guidance_scale 1.0
+    --codes_dir "$OUT/codes" --output_dir "$OUT/pipeline_stage1" --seed 0 --report_to none --guidance_scale 1.0
+# Detail completion: the same generator continued on codes that also start from thumbnails' prefixes.
+python examples/extract_codes.py --tokenizer "$OUT/tokenizer" --train_data_dir "$DATA/train" \
+    --output_dir "$OUT/codes_thumbnails" --no_mirror --thumbnail_prefixes 8 --seed 0
+python examples/train_generator.py --config scripts/configs/emoji_generator_detail.yaml --tokenizer "$OUT/tokenizer" \
+    --codes_dir "$OUT/codes_thumbnails" --init_from "$OUT/pipeline_stage1" --output_dir "$OUT/pipeline" --seed 0 \
+    --report_to none --guidance_scale 1.0
 python scripts/eval_default_model.py --model "$OUT/pipeline" --data_dir "$DATA" --output "$OUT/results.json" \
     --reframed_dir "$OUT/heldout_reframed"
 python scripts/embed_default_model.py --pipeline "$OUT/pipeline" --results "$OUT/results.json" --data_dir "$DATA"

@@ -93,9 +93,47 @@ def test_images_labels_and_copies(pipe, photo):
     assert torch.equal(alone.token_ids, out.token_ids[2:3])
 
 
+def test_num_candidates_keeps_the_candidate_nearest_the_input_at_every_step(pipe, photo):
+    """Every step draws n continuations of the image's chosen prefix (its n rows draw one after another
+    from its generator) and keeps the one whose decoded prefix, at the kept resolution, is nearest the
+    input; rebuilt here from `generate` and the tokenizer alone."""
+    n, k, seed, label = 3, 8, 5, 4
+    side = pipe.vqvae.schedule.decoder_resolution(k)
+    pixels = to_tensor(center_crop_arr(photo, 64))[None]
+    target = torch.nn.functional.interpolate(pixels, size=(side, side), mode="bicubic", antialias=True)
+    chosen = encoded(pipe, photo)[:, :k]
+    seen = []
+    for length in [t for t in pipe.prefix_lengths() if t > k]:
+        gens = [torch.Generator().manual_seed(seed)] * n  # one stream, its rows drawn one after another
+        candidates = pipe.transformer.generate([label] * n, prefix_ids=chosen.expand(n, -1), num_tokens=length,
+                                               generator=gens)  # fmt: skip
+        decoded = pipe.vqvae.decode(candidates).sample.clamp(-1, 1)
+        decoded = torch.nn.functional.interpolate(decoded, size=(side, side), mode="bicubic", antialias=True)
+        errors = (decoded - target).pow(2).flatten(1).mean(1)
+        chosen = candidates[int(errors.argmin())][None]
+        seen.append(len(set(map(tuple, candidates[:, length - 8 :].tolist()))))
+    assert max(seen) > 1  # the candidates do differ
+
+    steps = []
+    out = pipe(class_labels=[label], image=photo, keep_tokens=k, num_candidates=n, output_type="pt",
+               generator=[torch.Generator().manual_seed(seed)],
+               callback_on_step_end=lambda p, i, t, kw: steps.append(kw["tokens"].shape) or {})  # fmt: skip
+    assert torch.equal(out.token_ids, chosen) and out.kept_tokens == k
+    assert steps == [(1, t) for t in pipe.prefix_lengths() if t > k]  # callbacks see one row per image
+    # a batch: each image's candidates come from its own generator, so it is the same alone or in a batch
+    batch = pipe(class_labels=[label, 2], image=photo, keep_tokens=k, num_candidates=n, output_type="pt",
+                 generator=[torch.Generator().manual_seed(seed), torch.Generator().manual_seed(9)])  # fmt: skip
+    assert torch.equal(batch.token_ids[:1], chosen) and batch.token_ids.shape == (2, 32)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
+        ({"num_candidates": 0}, r"num_candidates=0 must be an integer >= 1"),
+        ({"num_candidates": True}, r"num_candidates=True must be an integer >= 1"),
+        ({"num_candidates": 2, "keep_tokens": 0}, r"num_candidates=2 .* needs an image and keep_tokens > 0"),
+        ({"num_candidates": 2, "image": None}, r"num_candidates=2 .* needs an image and keep_tokens > 0"),
+        ({"num_candidates": 2, "do_sample": False}, r"num_candidates=2 needs sampling"),
         ({"keep_tokens": 5}, r"keep_tokens=5 is not a valid prefix length; expected one of \[0, 1, 2, 3, 4, 8"),
         ({"keep_tokens": 20, "num_tokens": 12}, r"keep_tokens=20 is more than num_tokens=12"),
         ({"image": np.full((8, 8, 3), 255.0)}, r"image values span \[255, 255\]; expected \[0, 1\]"),
@@ -176,6 +214,26 @@ def test_cli_vary_writes_the_kept_image_then_the_variations(converted_dir, pipe,
         timeout=300,
     )
     assert bad.returncode == 2 and "keep_tokens=5 is not a valid prefix length" in bad.stderr.splitlines()[-1]
+
+
+def test_cli_vary_num_candidates(converted_dir, pipe, photo, tmp_path):
+    import subprocess
+    import sys
+
+    photo.save(tmp_path / "in.png")
+    base = [sys.executable, "-m", "detailflow_hf.cli", "vary", "--model", str(converted_dir), "--image",
+            str(tmp_path / "in.png"), "--class", "3", "--num-images", "1", "--seed", "6",
+            "--num-candidates", "3"]  # fmt: skip
+    ok = subprocess.run([*base, "--keep-tokens", "8", "--output", str(tmp_path / "v.png")], capture_output=True,
+                        text=True, timeout=300)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    expected = pipe(class_labels=[3], image=photo, keep_tokens=8, num_candidates=3,
+                    generator=[torch.Generator().manual_seed(6)]).images[0]  # fmt: skip
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "v.png"))[:, 64:], np.asarray(expected))
+    bad = subprocess.run([*base, "--keep-tokens", "0", "--output", str(tmp_path / "w.png")], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and "needs an image and keep_tokens > 0" in bad.stderr.splitlines()[-1]
+    assert "Traceback" not in bad.stderr and not (tmp_path / "w.png").exists()
 
 
 def test_space_vary_api(pipe, photo, tmp_path):

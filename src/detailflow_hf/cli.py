@@ -211,6 +211,13 @@ def _add_vary(subparsers):
         type=flags.non_negative_int,
         help="tokens of the image to keep: 0 or a trained prefix length (default: what the image's resolution shows)",
     )
+    p.add_argument(
+        "--num-candidates",
+        type=flags.positive_int,
+        default=1,
+        help="keep closer to the input at N times the cost: every step draws N continuations and keeps the one "
+        "nearest the input at the kept resolution (default 1: plain sampling)",
+    )
     p.add_argument("--output", required=True, help="FILE.png: the kept coarse image first, then the variations")
     p.set_defaults(func=_vary)
 
@@ -229,7 +236,7 @@ def _vary(args) -> int:
     labels = _labels_and_seeds(pipe, args)
     prefix = pipe.encode_prefix(image, args.keep_tokens)
     kept = prefix.shape[1]
-    pipe.check_inputs(labels, None, 1, None, "pil", None, **sampling_arguments(args))
+    pipe.check_inputs(labels, None, 1, None, "pil", None, args.num_candidates, kept, **sampling_arguments(args))
     steps = pipe.prefix_lengths()
     side = args.display_size or pipe.vqvae.schedule.decoder_resolution(steps[-1])
     _check_output(output, len(labels) + 1, side, len(steps), args.progressive)
@@ -237,7 +244,8 @@ def _vary(args) -> int:
 
     cells = [pipe.decode(prefix, output_type="pil")[0] if kept else Image.new("RGB", (side, side), "white")]
     strips = []
-    for batch, out in _in_batches(pipe, labels, args, image=image, keep_tokens=kept):
+    batches = _in_batches(pipe, labels, args, image=image, keep_tokens=kept, num_candidates=args.num_candidates)
+    for batch, out in batches:
         cells += list(out.images)
         if args.progressive:
             strips += [progressive_strip(out.intermediates, j, args.display_size) for j in range(len(batch))]

@@ -222,6 +222,13 @@ class DetailFlowImageProcessor:
         return pixels, [min(im.size) for im in images]
 
     @staticmethod
+    def resize(pixels: torch.Tensor, side: int) -> torch.Tensor:
+        """`(batch, 3, H, W)` pixels -> `(batch, 3, side, side)` float32, bicubic (antialiased when shrinking)."""
+        if pixels.shape[-2:] == (side, side):
+            return pixels.float()
+        return torch.nn.functional.interpolate(pixels.float(), size=(side, side), mode="bicubic", antialias=True)
+
+    @staticmethod
     def postprocess(sample: torch.Tensor, output_type: str = "pil"):
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not supported; expected one of {list(OUTPUT_TYPES)}.")

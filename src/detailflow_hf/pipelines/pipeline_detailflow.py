@@ -155,10 +155,13 @@ class DetailFlowPipeline(DiffusionPipeline):
         generator,
         output_type,
         callback_on_step_end_tensor_inputs,
+        num_candidates=1,
+        kept_tokens=None,
         **sampling,
     ):
         """Raise a `ValueError` naming the first bad argument; returns the resolved sampling settings
-        (`sampling`: `guidance_scale`, `top_k`, ... as for `__call__`)."""
+        (`sampling`: `guidance_scale`, `top_k`, ... as for `__call__`; `kept_tokens`: how many of an
+        input image's tokens are kept, `None` without an image)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not supported; expected one of {list(OUTPUT_TYPES)}.")
         params = self.sampling_params(**sampling)
@@ -172,6 +175,19 @@ class DetailFlowPipeline(DiffusionPipeline):
                 f"got {len(generator)} generators for {batch} images ({len(class_ids)} labels x "
                 f"{num_images_per_prompt} per label); pass one per image or a single one."
             )
+        if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+            raise ValueError(f"num_candidates={num_candidates!r} must be an integer >= 1.")
+        if num_candidates > 1:
+            if not kept_tokens:
+                raise ValueError(
+                    f"num_candidates={num_candidates} picks continuations by how well they keep an input image's "
+                    "kept tokens; it needs an image and keep_tokens > 0."
+                )
+            if not params.do_sample:
+                raise ValueError(
+                    f"num_candidates={num_candidates} needs sampling: greedy decoding draws the same candidate "
+                    "every time."
+                )
         unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(
@@ -189,24 +205,30 @@ class DetailFlowPipeline(DiffusionPipeline):
         """The first `keep_tokens` token ids `(batch, k)` of `image` (see `__call__`), resized and
         centre-cropped to the tokenizer's resolution; `None` keeps what the smallest input shows
         (`auto_keep_tokens` of its shorter side)."""
+        return self._encode_image(image, keep_tokens)[1]
+
+    def _encode_image(self, image, keep_tokens: int | None) -> tuple[torch.Tensor, torch.LongTensor]:
+        """`image` preprocessed `(batch, 3, size, size)` in [-1, 1] (on the execution device), and its
+        kept ids `(batch, k)` (see `encode_prefix`)."""
         valid = [0, *self.vqvae.schedule.token_list]
         if keep_tokens is not None and (isinstance(keep_tokens, bool) or keep_tokens not in valid):
             raise ValueError(f"keep_tokens={keep_tokens!r} is not a valid prefix length; expected one of {valid}.")
         pixels, short_sides = self.image_processor.preprocess(image)
         k = self.auto_keep_tokens(min(short_sides)) if keep_tokens is None else keep_tokens
-        ids = self.vqvae.encode(pixels.to(self._execution_device, self.vqvae.dtype)).token_ids
-        return ids[:, :k]
+        pixels = pixels.to(self._execution_device)
+        ids = self.vqvae.encode(pixels.to(self.vqvae.dtype)).token_ids
+        return pixels, ids[:, :k]
 
     @staticmethod
-    def _pair(class_ids: list[int], prefix_ids: torch.LongTensor) -> tuple[list[int], torch.LongTensor]:
-        """One image for every label, one label for every image, or as many of each."""
-        images = prefix_ids.shape[0]
+    def _pair(class_ids: list[int], images: int) -> tuple[list[int], list[int]]:
+        """One image for every label, one label for every image, or as many of each: the class ids and,
+        for each, the index of its image."""
         if images == len(class_ids):
-            return class_ids, prefix_ids
+            return class_ids, list(range(images))
         if images == 1:
-            return class_ids, prefix_ids.expand(len(class_ids), -1)
+            return class_ids, [0] * len(class_ids)
         if len(class_ids) == 1:
-            return class_ids * images, prefix_ids
+            return class_ids * images, list(range(images))
         raise ValueError(
             f"got {images} images for {len(class_ids)} class labels; pass one of either, or as many of each."
         )
@@ -232,6 +254,7 @@ class DetailFlowPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         return_intermediates: bool = False,
         compile: bool = False,
+        num_candidates: int = 1,
     ) -> DetailFlowPipelineOutput | tuple:
         r"""Generate images for class ids or names.
 
@@ -265,11 +288,19 @@ class DetailFlowPipeline(DiffusionPipeline):
                 step: the images are then those of the tokens so far, at their resolution.
             return_intermediates: also return the image decoded after every step (coarse to fine).
             compile: decode with a static cache and a compiled step (worth it for many batches / on GPU).
+            num_candidates: with an `image`, keep its coarse image more faithfully at about this many
+                times the cost: every decoding step draws this many continuations per image, decodes
+                them, and keeps the one nearest the input at the kept prefix's resolution (least mean
+                squared error); the next step continues from it. 1 (default) samples plainly. Needs
+                sampling and `keep_tokens > 0`.
 
         Returns:
             [`DetailFlowPipelineOutput`] (or a tuple `(images,)`, plus the intermediates when asked).
         """
-        class_ids, prefix_ids = self._labels_and_prefix(class_labels, image, keep_tokens, num_images_per_prompt)
+        class_ids, prefix_ids, targets = self._labels_and_prefix(
+            class_labels, image, keep_tokens, num_images_per_prompt
+        )
+        kept = 0 if prefix_ids is None else prefix_ids.shape[1]
         params = self.check_inputs(
             class_ids,
             num_tokens,
@@ -283,32 +314,43 @@ class DetailFlowPipeline(DiffusionPipeline):
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
+            num_candidates=num_candidates,
+            kept_tokens=None if prefix_ids is None else kept,
         )
-        kept = 0 if prefix_ids is None else prefix_ids.shape[1]
         steps = self.prefix_lengths(num_tokens)
         if kept > steps[-1]:
             raise ValueError(f"keep_tokens={kept} is more than num_tokens={steps[-1]}.")
         self._interrupt = False
-        class_ids = [class_id for class_id in class_ids for _ in range(num_images_per_prompt)]
+        n = num_candidates  # rows per image in the generator's batch
+        class_ids = [class_id for class_id in class_ids for _ in range(num_images_per_prompt * n)]
+        if isinstance(generator, (list, tuple)):  # an image's candidates draw one after another from its generator
+            generator = [g for g in generator for _ in range(n)]
         with self.progress_bar(total=len([k for k in steps if k > kept])) as progress:
 
             def on_step(step: int, tokens: torch.LongTensor):
                 progress.update()
-                if callback_on_step_end is None:
+                if n > 1:
+                    tokens = self._closest_candidates(tokens, targets)
+                if callback_on_step_end is not None:
+                    returned = callback_on_step_end(self, step, tokens.shape[1], {"tokens": tokens}) or {}
+                    if returned.get("tokens") is not None:
+                        tokens = returned["tokens"]
+                    elif n == 1:
+                        return None
+                elif n == 1:
                     return None
-                returned = callback_on_step_end(self, step, tokens.shape[1], {"tokens": tokens}) or {}
-                return returned.get("tokens")
+                return tokens.repeat_interleave(n, dim=0) if n > 1 else tokens
 
             token_ids = self.transformer.generate(
                 torch.tensor(class_ids, device=self._execution_device),
                 generation_config=params.to_generation_config(),
                 generator=generator,
                 num_tokens=steps[-1],
-                prefix_ids=prefix_ids,
+                prefix_ids=None if prefix_ids is None else prefix_ids.repeat_interleave(n, dim=0),
                 callback=on_step,
                 interrupt=lambda: self.interrupt,
                 compile=compile,
-            )
+            )[::n]  # after every step, an image's rows all hold its chosen candidate
         output = self._output(token_ids, output_type, return_intermediates, kept)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -316,14 +358,31 @@ class DetailFlowPipeline(DiffusionPipeline):
         return output
 
     def _labels_and_prefix(self, class_labels, image, keep_tokens, num_images_per_prompt):
-        """Class ids, and with an `image` its kept prefix ids `(batch * num_images_per_prompt, k)`."""
+        """Class ids and, with an `image`, its kept prefix ids `(batch * num_images_per_prompt, k)` and its
+        pixels at the kept prefix's resolution `(batch * num_images_per_prompt, 3, r, r)` (else `None, None`)."""
         class_ids = self.get_label_ids(class_labels)
         if image is None:
             if keep_tokens is not None:
                 raise ValueError("keep_tokens needs an image to keep the tokens of.")
-            return class_ids, None
-        class_ids, prefix_ids = self._pair(class_ids, self.encode_prefix(image, keep_tokens))
-        return class_ids, prefix_ids.repeat_interleave(num_images_per_prompt, dim=0)
+            return class_ids, None, None
+        pixels, prefix_ids = self._encode_image(image, keep_tokens)
+        class_ids, index = self._pair(class_ids, prefix_ids.shape[0])
+        index = torch.tensor(index, device=prefix_ids.device).repeat_interleave(num_images_per_prompt)
+        kept = prefix_ids.shape[1]
+        side = self.vqvae.schedule.decoder_resolution(kept) if kept else pixels.shape[-1]
+        return class_ids, prefix_ids[index], self.image_processor.resize(pixels, side)[index]
+
+    def _closest_candidates(self, tokens: torch.LongTensor, targets: torch.Tensor) -> torch.LongTensor:
+        """Per image, the candidate nearest its input: `tokens` `(batch * n, k)` holds `n` consecutive
+        candidate rows per image; each is decoded, resized to its `targets` `(batch, 3, r, r)` (the
+        input at the kept prefix's resolution) and the one with the least mean squared error is
+        returned, `(batch, k)`."""
+        n = tokens.shape[0] // targets.shape[0]
+        decoded = self.vqvae.decode(tokens.to(self._execution_device)).sample.clamp(-1, 1)
+        decoded = self.image_processor.resize(decoded, targets.shape[-1])
+        errors = (decoded - targets.repeat_interleave(n, dim=0)).pow(2).flatten(1).mean(1).view(-1, n)
+        best = errors.argmin(1) + torch.arange(0, tokens.shape[0], n, device=errors.device)
+        return tokens[best.to(tokens.device)]
 
     def _output(self, token_ids, output_type: str, return_intermediates: bool, kept: int) -> DetailFlowPipelineOutput:
         """Decode the final ids and, when asked, every shorter prefix of the schedule (fewer after an interrupt)."""

@@ -88,7 +88,9 @@ class Demo:
         names = self.pipe.labels.names()
         return names or [str(i) for i in range(self.pipe.transformer.config.num_classes)]
 
-    def _arguments(self, class_label, guidance_scale, seed, num_tokens=None, image=None, keep_tokens=None) -> dict:
+    def _arguments(
+        self, class_label, guidance_scale, seed, num_tokens=None, image=None, keep_tokens=None, num_candidates=1
+    ) -> dict:
         """Checked pipeline arguments; every mistake becomes a `gr.Error` with the pipeline's own message."""
         try:
             class_id = self.pipe.get_label_ids(str(class_label).strip())[0]
@@ -103,7 +105,9 @@ class Demo:
                 if image is None:
                     raise ValueError("give an image to start from.")
                 image = open_image(image)  # a file path from the upload box or the API
-                arguments.update(image=image, keep_tokens=int(keep_tokens) if keep_tokens not in (None, "") else None)
+                keep_tokens = int(keep_tokens) if keep_tokens not in (None, "") else None
+                num_candidates = int(num_candidates) if num_candidates not in (None, "") else 1
+                arguments.update(image=image, keep_tokens=keep_tokens, num_candidates=num_candidates)
         except (ValueError, TypeError, OSError) as error:
             raise gr.Error(str(error)) from error
         arguments["generator"] = torch.Generator(self.pipe.transformer.device).manual_seed(seed)
@@ -159,15 +163,22 @@ class Demo:
         """UI: the image after every decoding step."""
         yield from self._stream(self._arguments(class_label, guidance_scale, seed, num_tokens))
 
-    def vary(self, image, keep_tokens, class_label, guidance_scale, seed):
-        """API: keep the first `keep_tokens` tokens of `image` (None: what its resolution shows), regrow the rest."""
-        return self._final(self._arguments(class_label, guidance_scale, seed, image=image, keep_tokens=keep_tokens))
+    def vary(self, image, keep_tokens, class_label, guidance_scale, seed, num_candidates=1):
+        """API: keep the first `keep_tokens` tokens of `image` (None: what its resolution shows), regrow the rest
+        (`num_candidates` continuations per step, the one nearest the input kept)."""
+        return self._final(
+            self._arguments(
+                class_label, guidance_scale, seed, image=image, keep_tokens=keep_tokens, num_candidates=num_candidates
+            )  # fmt: skip
+        )
 
-    def vary_progressive(self, image, keep_index, class_label, guidance_scale, seed):
+    def vary_progressive(self, image, keep_index, class_label, guidance_scale, seed, num_candidates=1):
         """UI: the kept coarse image, then every step of the regrown detail."""
         keep_tokens = self.keep_choices[int(keep_index)]
         yield from self._stream(
-            self._arguments(class_label, guidance_scale, seed, image=image, keep_tokens=keep_tokens)
+            self._arguments(
+                class_label, guidance_scale, seed, image=image, keep_tokens=keep_tokens, num_candidates=num_candidates
+            )  # fmt: skip
         )
 
 
@@ -217,14 +228,18 @@ def _vary_tab(demo_state: Demo):
             keep_info = gr.Markdown(demo_state.keep_label(default))
             keep.change(demo_state.keep_label, keep, keep_info, api_name=False)
             class_label, guidance, seed = _class_guidance_seed(demo_state)
+            candidates = gr.Slider(
+                1, 32, value=1, step=1, label="Candidates per step (more keeps closer to the input, slower)",
+                elem_id="vary-candidates",
+            )  # fmt: skip
             button = gr.Button("Regrow the detail", variant="primary", elem_id="vary")
         with gr.Column():
             image = gr.Image(label="Image", type="filepath", elem_id="vary-result", format="png")
             gallery = gr.Gallery(label="Kept, then coarse to fine", columns=6, height="auto", elem_id="vary-gallery")
-    inputs = [source, keep, class_label, guidance, seed]
+    inputs = [source, keep, class_label, guidance, seed, candidates]
     button.click(on_gpu(demo_state.vary_progressive), inputs, [image, gallery], api_name="vary_progressive")
     keep_tokens = gr.Number(visible=False, precision=0)  # the API takes a token count, not a slider position
-    api_inputs = [source, keep_tokens, class_label, guidance, seed]
+    api_inputs = [source, keep_tokens, class_label, guidance, seed, candidates]
     gr.Button(visible=False).click(on_gpu(demo_state.vary), api_inputs, image, api_name="vary")
 
 

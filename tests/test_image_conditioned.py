@@ -254,6 +254,11 @@ def test_space_vary_api(pipe, photo, tmp_path):
             class_labels=[3], image=photo, keep_tokens=8, generator=torch.Generator().manual_seed(7)
         ).images[0]
         assert Image.open(path).resize((64, 64), Image.NEAREST).tobytes() == expected.tobytes()
+        path = client.predict(handle_file(str(tmp_path / "in.png")), 8, "3", 1.5, 7, 3, api_name="/vary")
+        expected = pipe(
+            class_labels=[3], image=photo, keep_tokens=8, num_candidates=3, generator=torch.Generator().manual_seed(7)
+        ).images[0]
+        assert Image.open(path).resize((64, 64), Image.NEAREST).tobytes() == expected.tobytes()
         job = client.submit(handle_file(str(tmp_path / "in.png")), 5, "3", 1.5, 7, api_name="/vary_progressive")
         job.result(timeout=120)
         steps = [k for k in pipe.prefix_lengths() if k > 8]

@@ -280,6 +280,33 @@ def test_callback_tokens_replace_the_prefix(pipe, use_cache):
     assert not torch.equal(grafted, gpt.generate([3], top_k=1))
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_callback_replacing_only_the_new_ids_keeps_the_cache(pipe, use_cache, monkeypatch):
+    """The cache has seen only the ids before a step: replacing just the step's new ids needs no rebuild."""
+    from detailflow_hf.models import decoding
+
+    resets = []
+    monkeypatch.setattr(
+        decoding.CachedStepper, "reset", lambda self, f=decoding.CachedStepper.reset: resets.append(1) or f(self)
+    )
+    gpt = pipe.transformer
+    donor = gpt.generate([7], top_k=1)
+
+    def swap_new(step, tokens):
+        if tokens.shape[1] == 12:
+            return torch.cat([tokens[:, :8], donor[:, 8:12]], dim=1)
+        return None
+
+    swapped = gpt.generate([3], top_k=1, callback=swap_new, use_cache=use_cache)
+    assert not resets
+    reference = gpt.generate([3], top_k=1, callback=swap_new, use_cache=False)
+    assert torch.equal(swapped[:, 8:12], donor[:, 8:12]) and torch.equal(swapped, reference)
+    assert not torch.equal(swapped, gpt.generate([3], top_k=1))
+    # replacing ids the cache has seen rebuilds it
+    gpt.generate([3], top_k=1, callback=lambda s, t: donor[:, :12] if t.shape[1] == 12 else None, use_cache=use_cache)
+    assert len(resets) == int(use_cache)
+
+
 def test_pipeline_callback_dict_is_honoured(pipe):
     donor = pipe(class_labels=[7], top_k=1, output_type="pt").token_ids
 

@@ -102,7 +102,7 @@ def test_num_candidates_keeps_the_candidate_nearest_the_input_at_every_step(pipe
     pixels = to_tensor(center_crop_arr(photo, 64))[None]
     target = torch.nn.functional.interpolate(pixels, size=(side, side), mode="bicubic", antialias=True)
     chosen = encoded(pipe, photo)[:, :k]
-    seen = []
+    seen, picks, path = [], [], {}
     for length in [t for t in pipe.prefix_lengths() if t > k]:
         gens = [torch.Generator().manual_seed(seed)] * n  # one stream, its rows drawn one after another
         candidates = pipe.transformer.generate([label] * n, prefix_ids=chosen.expand(n, -1), num_tokens=length,
@@ -110,9 +110,11 @@ def test_num_candidates_keeps_the_candidate_nearest_the_input_at_every_step(pipe
         decoded = pipe.vqvae.decode(candidates).sample.clamp(-1, 1)
         decoded = torch.nn.functional.interpolate(decoded, size=(side, side), mode="bicubic", antialias=True)
         errors = (decoded - target).pow(2).flatten(1).mean(1)
-        chosen = candidates[int(errors.argmin())][None]
+        picks.append(int(errors.argmin()))
+        chosen = candidates[picks[-1]][None]
+        path[length] = chosen
         seen.append(len(set(map(tuple, candidates[:, length - 8 :].tolist()))))
-    assert max(seen) > 1  # the candidates do differ
+    assert max(seen) > 1 and any(picks)  # the candidates differ, and not only the first is ever kept
 
     steps = []
     out = pipe(class_labels=[label], image=photo, keep_tokens=k, num_candidates=n, output_type="pt",
@@ -120,10 +122,32 @@ def test_num_candidates_keeps_the_candidate_nearest_the_input_at_every_step(pipe
                callback_on_step_end=lambda p, i, t, kw: steps.append(kw["tokens"].shape) or {})  # fmt: skip
     assert torch.equal(out.token_ids, chosen) and out.kept_tokens == k
     assert steps == [(1, t) for t in pipe.prefix_lengths() if t > k]  # callbacks see one row per image
-    # a batch: each image's candidates come from its own generator, so it is the same alone or in a batch
-    batch = pipe(class_labels=[label, 2], image=photo, keep_tokens=k, num_candidates=n, output_type="pt",
-                 generator=[torch.Generator().manual_seed(seed), torch.Generator().manual_seed(9)])  # fmt: skip
-    assert torch.equal(batch.token_ids[:1], chosen) and batch.token_ids.shape == (2, 32)
+    # a batch of two images, two copies each: every image is continued towards its own input, from its
+    # own generator, so each row is what it would be alone
+    other = photo.transpose(Image.FLIP_TOP_BOTTOM)
+    seeds = [seed, 9, 11, 12]
+    batch = pipe(class_labels=[label, 2], image=[photo, other], keep_tokens=k, num_candidates=n, output_type="pt",
+                 num_images_per_prompt=2, generator=[torch.Generator().manual_seed(s) for s in seeds])  # fmt: skip
+    assert torch.equal(batch.token_ids[:1], chosen) and batch.token_ids.shape == (4, 32)
+    alone = pipe(class_labels=[2], image=other, keep_tokens=k, num_candidates=n, output_type="pt",
+                 generator=[torch.Generator().manual_seed(12)])  # fmt: skip
+    assert torch.equal(batch.token_ids[3:], alone.token_ids)
+
+    # a callback sees the chosen candidate and may replace it; an interrupt stops there
+    def graft_then_stop(p, i, t, kw):
+        if t == 12:
+            p._interrupt = True
+            return {"tokens": torch.cat([kw["tokens"][:, :8], torch.zeros(1, 4, dtype=torch.long)], dim=1)}
+        assert torch.equal(kw["tokens"], path[t])
+        return {}
+
+    out = pipe(class_labels=[label], image=photo, keep_tokens=k, num_candidates=n, output_type="pt",
+               generator=[torch.Generator().manual_seed(seed)], callback_on_step_end=graft_then_stop)  # fmt: skip
+    assert out.token_ids.shape == (1, 12) and torch.equal(out.token_ids[:, :8], chosen[:, :8])
+    assert out.token_ids[:, 8:].eq(0).all()
+    with pytest.raises(ValueError, match=r"callback_on_step_end returned tokens list; expected integer ids of shape"):
+        pipe(class_labels=[label], image=photo, keep_tokens=k, num_candidates=n,
+             callback_on_step_end=lambda p, i, t, kw: {"tokens": [1, 2]})  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -133,7 +157,10 @@ def test_num_candidates_keeps_the_candidate_nearest_the_input_at_every_step(pipe
         ({"num_candidates": True}, r"num_candidates=True must be an integer >= 1"),
         ({"num_candidates": 2, "keep_tokens": 0}, r"num_candidates=2 .* needs an image and keep_tokens > 0"),
         ({"num_candidates": 2, "image": None}, r"num_candidates=2 .* needs an image and keep_tokens > 0"),
-        ({"num_candidates": 2, "do_sample": False}, r"num_candidates=2 needs sampling"),
+        ({"num_candidates": 2, "keep_tokens": 8, "do_sample": False}, r"num_candidates=2 needs sampling"),
+        ({"num_candidates": 2, "keep_tokens": 8, "top_k": 1}, r"num_candidates=2 needs sampling"),
+        ({"num_candidates": 2, "keep_tokens": 32}, r"num_candidates=2 has no step to choose at: .* 32 kept tokens"),
+        ({"num_candidates": 2, "keep_tokens": 8, "num_tokens": 8}, r"num_candidates=2 has no step to choose at"),
         ({"keep_tokens": 5}, r"keep_tokens=5 is not a valid prefix length; expected one of \[0, 1, 2, 3, 4, 8"),
         ({"keep_tokens": 20, "num_tokens": 12}, r"keep_tokens=20 is more than num_tokens=12"),
         ({"image": np.full((8, 8, 3), 255.0)}, r"image values span \[255, 255\]; expected \[0, 1\]"),

@@ -215,7 +215,7 @@ def _add_vary(subparsers):
         "--num-candidates",
         type=flags.positive_int,
         default=1,
-        help="keep closer to the input at N times the cost: every step draws N continuations and keeps the one "
+        help="keep closer to the input, at a higher cost: every step draws N continuations and keeps the one "
         "nearest the input at the kept resolution (default 1: plain sampling)",
     )
     p.add_argument("--output", required=True, help="FILE.png: the kept coarse image first, then the variations")

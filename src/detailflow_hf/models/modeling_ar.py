@@ -451,6 +451,8 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
                 done = codes.shape[1]
                 if length <= done:
                     continue  # given by prefix_ids
+                if hasattr(self, "_hf_hook"):  # a callback may have run another offloaded model (a decoder)
+                    self._hf_hook.pre_forward(self)
                 new_ids, step_finite = stepper(
                     codes,
                     length - done,
@@ -460,7 +462,7 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
                 finite = finite & step_finite  # now: a CUDA graph's outputs are overwritten by its next replay
                 codes = torch.cat([codes, new_ids], dim=1)
                 if callback is not None and (replaced := callback(step, codes)) is not None:
-                    codes = self._replace_codes(codes, replaced, stepper)
+                    codes = self._replace_codes(codes, replaced, stepper, seen=done)
                 if interrupt is not None and interrupt():
                     break
         finally:
@@ -503,8 +505,9 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
         self._check_id_range(prefix_ids, "prefix_ids")
         return prefix_ids.to(self.device, torch.long)
 
-    def _replace_codes(self, codes: torch.LongTensor, replaced, stepper) -> torch.LongTensor:
-        """Take a callback's ids for the tokens so far; a cache that saw other ids is rebuilt."""
+    def _replace_codes(self, codes: torch.LongTensor, replaced, stepper, seen: int) -> torch.LongTensor:
+        """Take a callback's ids for the tokens so far; the cache has seen the first `seen` of `codes`
+        (the step's new ids are fed next step), and is rebuilt only if the callback changed those."""
         if (
             not isinstance(replaced, torch.Tensor)
             or replaced.shape != codes.shape
@@ -518,7 +521,7 @@ class DetailFlowForImageGeneration(DetailFlowPreTrainedModel, GenerationMixin):
             )
         self._check_id_range(replaced, "the callback's tokens")
         replaced = replaced.to(codes.device, torch.long)
-        if not torch.equal(replaced, codes):
+        if not torch.equal(replaced[:, :seen], codes[:, :seen]):
             stepper.reset()
         return replaced
 

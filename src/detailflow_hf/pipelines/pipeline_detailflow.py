@@ -167,6 +167,9 @@ class DetailFlowPipeline(DiffusionPipeline):
         params = self.sampling_params(**sampling)
         if num_tokens is not None:
             self.vqvae.schedule.check_prefix(num_tokens)
+        last = num_tokens if num_tokens is not None else self.vqvae.schedule.token_list[-1]
+        if kept_tokens is not None and kept_tokens > last:
+            raise ValueError(f"keep_tokens={kept_tokens} is more than num_tokens={last}.")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} must be an integer >= 1.")
         batch = len(class_ids) * num_images_per_prompt
@@ -183,7 +186,12 @@ class DetailFlowPipeline(DiffusionPipeline):
                     f"num_candidates={num_candidates} picks continuations by how well they keep an input image's "
                     "kept tokens; it needs an image and keep_tokens > 0."
                 )
-            if not params.do_sample:
+            if kept_tokens == last:
+                raise ValueError(
+                    f"num_candidates={num_candidates} has no step to choose at: the image's {kept_tokens} kept tokens "
+                    f"are all of num_tokens={last}; keep fewer or use num_candidates=1."
+                )
+            if not params.do_sample or params.top_k == 1:
                 raise ValueError(
                     f"num_candidates={num_candidates} needs sampling: greedy decoding draws the same candidate "
                     "every time."
@@ -284,15 +292,16 @@ class DetailFlowPipeline(DiffusionPipeline):
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)` after every decoding step,
                 with `callback_kwargs["tokens"]` the ids so far `(batch, k)`; `timestep` is the token count
                 `k`. As in diffusers, it returns a dict: a `"tokens"` entry replaces the ids so far
-                (generation continues from them). Setting `pipe._interrupt = True` stops after this
+                (generation continues from them). With `num_candidates`, it sees each image's chosen
+                candidate, one row per image. Setting `pipe._interrupt = True` stops after this
                 step: the images are then those of the tokens so far, at their resolution.
             return_intermediates: also return the image decoded after every step (coarse to fine).
             compile: decode with a static cache and a compiled step (worth it for many batches / on GPU).
-            num_candidates: with an `image`, keep its coarse image more faithfully at about this many
-                times the cost: every decoding step draws this many continuations per image, decodes
-                them, and keeps the one nearest the input at the kept prefix's resolution (least mean
-                squared error); the next step continues from it. 1 (default) samples plainly. Needs
-                sampling and `keep_tokens > 0`.
+            num_candidates: with an `image`, keep its coarse image more faithfully: every decoding step
+                draws this many continuations per image (one batch), decodes them, and keeps the one
+                nearest the input at the kept prefix's resolution (least mean squared error); the next
+                step continues from it. 1 (default) samples plainly. Needs sampling and at least one
+                step after the kept tokens.
 
         Returns:
             [`DetailFlowPipelineOutput`] (or a tuple `(images,)`, plus the intermediates when asked).
@@ -318,8 +327,6 @@ class DetailFlowPipeline(DiffusionPipeline):
             kept_tokens=None if prefix_ids is None else kept,
         )
         steps = self.prefix_lengths(num_tokens)
-        if kept > steps[-1]:
-            raise ValueError(f"keep_tokens={kept} is more than num_tokens={steps[-1]}.")
         self._interrupt = False
         n = num_candidates  # rows per image in the generator's batch
         class_ids = [class_id for class_id in class_ids for _ in range(num_images_per_prompt * n)]
@@ -328,18 +335,17 @@ class DetailFlowPipeline(DiffusionPipeline):
         with self.progress_bar(total=len([k for k in steps if k > kept])) as progress:
 
             def on_step(step: int, tokens: torch.LongTensor):
+                """The ids to continue from (`None`: keep them): an image's chosen candidate, then the user's."""
                 progress.update()
-                if n > 1:
-                    tokens = self._closest_candidates(tokens, targets)
+                chosen = self._closest_candidates(tokens, targets, n) if n > 1 else None
                 if callback_on_step_end is not None:
-                    returned = callback_on_step_end(self, step, tokens.shape[1], {"tokens": tokens}) or {}
+                    shown = tokens if chosen is None else chosen  # one row per image
+                    returned = callback_on_step_end(self, step, tokens.shape[1], {"tokens": shown}) or {}
                     if returned.get("tokens") is not None:
-                        tokens = returned["tokens"]
-                    elif n == 1:
-                        return None
-                elif n == 1:
+                        chosen = self._check_returned_tokens(returned["tokens"], shown)
+                if chosen is None:
                     return None
-                return tokens.repeat_interleave(n, dim=0) if n > 1 else tokens
+                return chosen.repeat_interleave(n, dim=0)  # every candidate row continues from it
 
             token_ids = self.transformer.generate(
                 torch.tensor(class_ids, device=self._execution_device),
@@ -350,7 +356,7 @@ class DetailFlowPipeline(DiffusionPipeline):
                 callback=on_step,
                 interrupt=lambda: self.interrupt,
                 compile=compile,
-            )[::n]  # after every step, an image's rows all hold its chosen candidate
+            )[::n].contiguous()  # after every step, an image's rows all hold its chosen candidate
         output = self._output(token_ids, output_type, return_intermediates, kept)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -372,17 +378,27 @@ class DetailFlowPipeline(DiffusionPipeline):
         side = self.vqvae.schedule.decoder_resolution(kept) if kept else pixels.shape[-1]
         return class_ids, prefix_ids[index], self.image_processor.resize(pixels, side)[index]
 
-    def _closest_candidates(self, tokens: torch.LongTensor, targets: torch.Tensor) -> torch.LongTensor:
+    def _closest_candidates(self, tokens: torch.LongTensor, targets: torch.Tensor, n: int) -> torch.LongTensor:
         """Per image, the candidate nearest its input: `tokens` `(batch * n, k)` holds `n` consecutive
         candidate rows per image; each is decoded, resized to its `targets` `(batch, 3, r, r)` (the
         input at the kept prefix's resolution) and the one with the least mean squared error is
         returned, `(batch, k)`."""
-        n = tokens.shape[0] // targets.shape[0]
         decoded = self.vqvae.decode(tokens.to(self._execution_device)).sample.clamp(-1, 1)
         decoded = self.image_processor.resize(decoded, targets.shape[-1])
         errors = (decoded - targets.repeat_interleave(n, dim=0)).pow(2).flatten(1).mean(1).view(-1, n)
         best = errors.argmin(1) + torch.arange(0, tokens.shape[0], n, device=errors.device)
         return tokens[best.to(tokens.device)]
+
+    @staticmethod
+    def _check_returned_tokens(returned, given: torch.LongTensor) -> torch.LongTensor:
+        """A callback's `"tokens"` must have the shape of those it was given (the generator checks the ids)."""
+        if not isinstance(returned, torch.Tensor) or returned.shape != given.shape:
+            got = tuple(returned.shape) if isinstance(returned, torch.Tensor) else type(returned).__name__
+            raise ValueError(
+                f"callback_on_step_end returned tokens {got}; expected integer ids of shape {tuple(given.shape)}, "
+                "the shape it was given."
+            )
+        return returned
 
     def _output(self, token_ids, output_type: str, return_intermediates: bool, kept: int) -> DetailFlowPipelineOutput:
         """Decode the final ids and, when asked, every shorter prefix of the schedule (fewer after an interrupt)."""

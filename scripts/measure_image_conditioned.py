@@ -123,14 +123,14 @@ def main(argv=None):
             psnr(resize_all(images, side), thumb_arr), 2
         )
         with_candidates = {}
-        for n in args.candidates:
+        for count in args.candidates:
             picked = pipe(
                 class_labels=labels,
                 image=thumbs,
                 generator=[torch.Generator().manual_seed(i) for i in range(len(thumbs))],
-                num_candidates=n,
+                num_candidates=count,
             ).images
-            with_candidates[n] = {
+            with_candidates[count] = {
                 "psnr_to_thumbnail": to_thumbnail(picked),
                 "psnr_to_full_size": round(psnr(np.stack([np.asarray(o) for o in picked]), originals), 2),
             }

@@ -306,7 +306,7 @@ class DetailFlowPipeline(DiffusionPipeline):
         Returns:
             [`DetailFlowPipelineOutput`] (or a tuple `(images,)`, plus the intermediates when asked).
         """
-        class_ids, prefix_ids, targets = self._labels_and_prefix(
+        class_ids, prefix_ids, pixels = self._labels_and_prefix(
             class_labels, image, keep_tokens, num_images_per_prompt
         )
         kept = 0 if prefix_ids is None else prefix_ids.shape[1]
@@ -329,6 +329,8 @@ class DetailFlowPipeline(DiffusionPipeline):
         steps = self.prefix_lengths(num_tokens)
         self._interrupt = False
         n = num_candidates  # rows per image in the generator's batch
+        # what candidates are compared with: the input at the kept prefix's resolution
+        targets = self.image_processor.resize(pixels, self.vqvae.schedule.decoder_resolution(kept)) if n > 1 else None
         class_ids = [class_id for class_id in class_ids for _ in range(num_images_per_prompt * n)]
         if isinstance(generator, (list, tuple)):  # an image's candidates draw one after another from its generator
             generator = [g for g in generator for _ in range(n)]
@@ -365,7 +367,7 @@ class DetailFlowPipeline(DiffusionPipeline):
 
     def _labels_and_prefix(self, class_labels, image, keep_tokens, num_images_per_prompt):
         """Class ids and, with an `image`, its kept prefix ids `(batch * num_images_per_prompt, k)` and its
-        pixels at the kept prefix's resolution `(batch * num_images_per_prompt, 3, r, r)` (else `None, None`)."""
+        preprocessed pixels `(batch * num_images_per_prompt, 3, size, size)` (else `None, None`)."""
         class_ids = self.get_label_ids(class_labels)
         if image is None:
             if keep_tokens is not None:
@@ -374,9 +376,7 @@ class DetailFlowPipeline(DiffusionPipeline):
         pixels, prefix_ids = self._encode_image(image, keep_tokens)
         class_ids, index = self._pair(class_ids, prefix_ids.shape[0])
         index = torch.tensor(index, device=prefix_ids.device).repeat_interleave(num_images_per_prompt)
-        kept = prefix_ids.shape[1]
-        side = self.vqvae.schedule.decoder_resolution(kept) if kept else pixels.shape[-1]
-        return class_ids, prefix_ids[index], self.image_processor.resize(pixels, side)[index]
+        return class_ids, prefix_ids[index], pixels[index]
 
     def _closest_candidates(self, tokens: torch.LongTensor, targets: torch.Tensor, n: int) -> torch.LongTensor:
         """Per image, the candidate nearest its input: `tokens` `(batch * n, k)` holds `n` consecutive

@@ -18,7 +18,7 @@ its first 8 tokens (its coarse layout) likeliest (`likeliest_classes`): the mode
      thumbnail, all downscaled the same way;
    - fidelity to the unseen full-size emoji: PSNR of the output, and of bicubic upscaling, against it;
    - the same for the pipeline's `num_candidates` (`--candidates`, e.g. 8 32): every step draws that many
-     continuations and keeps the one nearest the thumbnail.
+     continuations and keeps the nearest the thumbnail, mixing their ids where that comes nearer.
 """
 
 from __future__ import annotations

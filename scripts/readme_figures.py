@@ -7,6 +7,9 @@
 - `docs/images/vary.png`: one row per input emoji (the dataset's drawing of a training emoji): the input,
   the coarse image its kept 24 tokens decode to, four variations under its own class, and a class transfer
   (from its first 8 tokens).
+- `docs/images/detail.png`: detail completion of held-out emoji (no class of the model) from 16 px
+  thumbnails, under a related class: the thumbnail, bicubic upscaling, plain sampling, 32 candidates per
+  step, and the unseen original.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 import detailflow_hf
 from detailflow_hf import DetailFlowPipeline, cli
@@ -29,6 +33,13 @@ INPUTS = [  # (emoji image, its class, the class it is transferred to)
 ]
 # Variations keep 24 tokens (16 px); a class transfer keeps 8 (8 px): the new class needs room to draw its own shape.
 KEEP, TRANSFER_KEEP, SIDE = 24, 8, 96
+HELD_OUT = [  # (held-out emoji image, the related class it is completed under)
+    ("food_drink_1f34f.png", "red apple"),  # green apple
+    ("smileys_emotion_1f622.png", "loudly crying face"),  # crying face
+    ("travel_places_1f550.png", "two o’clock"),  # one o'clock
+    ("animals_nature_1f43c.png", "koala"),  # panda
+]
+THUMBNAIL, CANDIDATES = 16, 32
 
 
 def quickstart():
@@ -58,7 +69,26 @@ def vary():
     print(IMAGES / "vary.png")
 
 
+def detail():
+    pipe = DetailFlowPipeline.from_pretrained(detailflow_hf.DEFAULT_MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    size = pipe.vqvae.config.image_size
+    cells = []
+    for row, (name, label) in enumerate(HELD_OUT):
+        original = open_image(ROOT / "tests" / "fixtures" / "emoji_heldout" / name).resize((size, size), Image.BICUBIC)
+        thumbnail = original.resize((THUMBNAIL, THUMBNAIL), Image.BICUBIC)
+        outputs = [
+            pipe(label, image=thumbnail, num_candidates=n, generator=torch.Generator().manual_seed(row)).images[0]
+            for n in (1, CANDIDATES)
+        ]
+        bicubic = thumbnail.resize((size, size), Image.BICUBIC)
+        cells += [upscale(im, SIDE) for im in (thumbnail, bicubic, *outputs, original)]
+    image_grid(cells, columns=5).save(IMAGES / "detail.png")
+    print(IMAGES / "detail.png")
+
+
 if __name__ == "__main__":
     IMAGES.mkdir(parents=True, exist_ok=True)
     quickstart()
     vary()
+    detail()

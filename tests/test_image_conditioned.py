@@ -93,28 +93,46 @@ def test_images_labels_and_copies(pipe, photo):
     assert torch.equal(alone.token_ids, out.token_ids[2:3])
 
 
-def test_num_candidates_keeps_the_candidate_nearest_the_input_at_every_step(pipe, photo):
+def test_num_candidates_keeps_the_continuation_nearest_the_input_at_every_step(pipe, photo):
     """Every step draws n continuations of the image's chosen prefix (its n rows draw one after another
-    from its generator) and keeps the one whose decoded prefix, at the kept resolution, is nearest the
-    input; rebuilt here from `generate` and the tokenizer alone."""
+    from its generator), takes the one whose decoded image, at the kept resolution, is nearest the input,
+    then tries every other id drawn at each new position in turn and keeps a mix that comes nearer;
+    rebuilt here from `generate` and the tokenizer alone."""
     n, k, seed, label = 3, 8, 5, 4
     side = pipe.vqvae.schedule.decoder_resolution(k)
     pixels = to_tensor(center_crop_arr(photo, 64))[None]
     target = torch.nn.functional.interpolate(pixels, size=(side, side), mode="bicubic", antialias=True)
+
+    def distances(ids):  # (n, length) -> (n,): mean squared error of the decoded images at the kept resolution
+        decoded = pipe.vqvae.decode(ids).sample.clamp(-1, 1)
+        decoded = torch.nn.functional.interpolate(decoded, size=(side, side), mode="bicubic", antialias=True)
+        return (decoded - target).pow(2).flatten(1).mean(1)
+
     chosen = encoded(pipe, photo)[:, :k]
-    seen, picks, path = [], [], {}
+    seen, picks, mixed, path = [], [], [], {}
     for length in [t for t in pipe.prefix_lengths() if t > k]:
+        done = chosen.shape[1]
         gens = [torch.Generator().manual_seed(seed)] * n  # one stream, its rows drawn one after another
         candidates = pipe.transformer.generate([label] * n, prefix_ids=chosen.expand(n, -1), num_tokens=length,
                                                generator=gens)  # fmt: skip
-        decoded = pipe.vqvae.decode(candidates).sample.clamp(-1, 1)
-        decoded = torch.nn.functional.interpolate(decoded, size=(side, side), mode="bicubic", antialias=True)
-        errors = (decoded - target).pow(2).flatten(1).mean(1)
+        errors = distances(candidates)
         picks.append(int(errors.argmin()))
-        chosen = candidates[picks[-1]][None]
+        best, best_error = candidates[picks[-1]], errors.min()
+        for position in range(done, length):
+            others = [i for i in dict.fromkeys(candidates[:, position].tolist()) if i != best[position]]
+            if not others:
+                continue
+            mixes = best.repeat(len(others), 1)
+            mixes[:, position] = torch.tensor(others)
+            errors = distances(mixes)
+            if errors.min() < best_error:
+                best, best_error = mixes[errors.argmin()], errors.min()
+        mixed.append(not any(torch.equal(best, row) for row in candidates))
+        chosen = best[None]
         path[length] = chosen
-        seen.append(len(set(map(tuple, candidates[:, length - 8 :].tolist()))))
-    assert max(seen) > 1 and any(picks)  # the candidates differ, and not only the first is ever kept
+        seen.append(len(set(map(tuple, candidates[:, done:].tolist()))))
+    # the candidates differ, not only the first is ever taken, and some step keeps a mix of them
+    assert max(seen) > 1 and any(picks) and any(mixed)
 
     steps = []
     out = pipe(class_labels=[label], image=photo, keep_tokens=k, num_candidates=n, output_type="pt",

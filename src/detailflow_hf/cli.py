@@ -216,7 +216,8 @@ def _add_vary(subparsers):
         type=flags.positive_int,
         default=1,
         help="keep closer to the input, at a higher cost: every step draws N continuations and keeps the one "
-        "nearest the input at the kept resolution (default 1: plain sampling)",
+        "nearest the input at the kept resolution, mixing their ids where that comes nearer (default 1: plain "
+        "sampling)",
     )
     p.add_argument("--output", required=True, help="FILE.png: the kept coarse image first, then the variations")
     p.set_defaults(func=_vary)

@@ -298,10 +298,11 @@ class DetailFlowPipeline(DiffusionPipeline):
             return_intermediates: also return the image decoded after every step (coarse to fine).
             compile: decode with a static cache and a compiled step (worth it for many batches / on GPU).
             num_candidates: with an `image`, keep its coarse image more faithfully: every decoding step
-                draws this many continuations per image (one batch), decodes them, and keeps the one
-                nearest the input at the kept prefix's resolution (least mean squared error); the next
-                step continues from it. 1 (default) samples plainly. Needs sampling and at least one
-                step after the kept tokens.
+                draws this many continuations per image (one batch) and keeps the one nearest the input
+                at the kept prefix's resolution (least mean squared error of the decoded image), mixing
+                the candidates' ids position by position where that brings it closer; the next step
+                continues from it. 1 (default) samples plainly. Needs sampling and at least one step
+                after the kept tokens.
 
         Returns:
             [`DetailFlowPipelineOutput`] (or a tuple `(images,)`, plus the intermediates when asked).
@@ -339,7 +340,9 @@ class DetailFlowPipeline(DiffusionPipeline):
             def on_step(step: int, tokens: torch.LongTensor):
                 """The ids to continue from (`None`: keep them): an image's chosen candidate, then the user's."""
                 progress.update()
-                chosen = self._closest_candidates(tokens, targets, n) if n > 1 else None
+                chosen = None
+                if n > 1:
+                    chosen = self._combine_candidates(tokens, targets, n, new=steps[step] - steps[step - 1])
                 if callback_on_step_end is not None:
                     shown = tokens if chosen is None else chosen  # one row per image
                     returned = callback_on_step_end(self, step, tokens.shape[1], {"tokens": shown}) or {}
@@ -378,16 +381,49 @@ class DetailFlowPipeline(DiffusionPipeline):
         index = torch.tensor(index, device=prefix_ids.device).repeat_interleave(num_images_per_prompt)
         return class_ids, prefix_ids[index], pixels[index]
 
-    def _closest_candidates(self, tokens: torch.LongTensor, targets: torch.Tensor, n: int) -> torch.LongTensor:
-        """Per image, the candidate nearest its input: `tokens` `(batch * n, k)` holds `n` consecutive
-        candidate rows per image; each is decoded, resized to its `targets` `(batch, 3, r, r)` (the
-        input at the kept prefix's resolution) and the one with the least mean squared error is
-        returned, `(batch, k)`."""
-        decoded = self.vqvae.decode(tokens.to(self._execution_device)).sample.clamp(-1, 1)
-        decoded = self.image_processor.resize(decoded, targets.shape[-1])
-        errors = (decoded - targets.repeat_interleave(n, dim=0)).pow(2).flatten(1).mean(1).view(-1, n)
-        best = errors.argmin(1) + torch.arange(0, tokens.shape[0], n, device=errors.device)
-        return tokens[best.to(tokens.device)]
+    def _combine_candidates(
+        self, tokens: torch.LongTensor, targets: torch.Tensor, n: int, new: int
+    ) -> torch.LongTensor:
+        """Per image, the continuation nearest its input that the step's candidates can make.
+
+        `tokens` `(batch * n, k)` holds `n` consecutive candidate rows per image, equal but for their last
+        `new` ids (the step's draws); `targets` `(batch, 3, r, r)` is the input at the kept prefix's
+        resolution. The distance of ids to it is the mean squared error of their decoded image resized
+        to `r`. The candidate nearest it is taken first; then, one new position after another, every
+        other id the candidates drew there is tried in its place and the nearest result kept. A step
+        draws its ids independently of each other, so every such mix is a draw the model could make.
+        Decodes `n` rows per image plus one per distinct alternative id. Returns `(batch, k)`.
+        """
+        batch, k = tokens.shape[0] // n, tokens.shape[1]
+        candidates = tokens.view(batch, n, k)
+        device = self._execution_device
+
+        def distances(ids: torch.LongTensor, image: torch.LongTensor) -> torch.Tensor:
+            """`(m, k)` ids of images `image` `(m,)` -> their `(m,)` distances to those images' targets."""
+            decoded = self.vqvae.decode(ids.to(device)).sample.clamp(-1, 1)
+            decoded = self.image_processor.resize(decoded, targets.shape[-1])
+            return (decoded - targets[image.to(device)]).pow(2).flatten(1).mean(1).to(tokens.device)
+
+        images = torch.arange(batch, device=tokens.device)
+        best_distance, pick = distances(tokens, images.repeat_interleave(n)).view(batch, n).min(1)
+        best = candidates[images, pick]
+        earlier = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)  # [c, d]: d comes before c
+        for position in range(k - new, k):
+            drawn = candidates[:, :, position]  # (batch, n)
+            repeated = ((drawn[:, :, None] == drawn[:, None, :]) & earlier).any(-1)
+            tried = (drawn != best[:, position, None]) & ~repeated  # each other id once
+            if not tried.any():
+                continue
+            image, which = tried.nonzero(as_tuple=True)
+            mixes = best[image]
+            mixes[:, position] = drawn[image, which]
+            distance = torch.full((batch, n), float("inf"), device=tokens.device)
+            distance[image, which] = distances(mixes, image)
+            nearest, pick = distance.min(1)
+            closer = nearest < best_distance
+            best[closer, position] = drawn[closer, pick[closer]]
+            best_distance = torch.where(closer, nearest, best_distance)
+        return best
 
     @staticmethod
     def _check_returned_tokens(returned, given: torch.LongTensor) -> torch.LongTensor:

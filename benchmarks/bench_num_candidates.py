@@ -3,8 +3,8 @@ candidates per step, timed in one process on the embedded model.
 
 Per n it prints the median seconds of one call (one 16 px thumbnail, keep_tokens chosen by its size)
 and its ratio to plain sampling (n = 1). The n candidates of an image run as one batch; every step
-decodes them once, then once more each distinct id they drew at a new position (the mixes tried), so the
-cost grows slower than n.
+decodes them once, then once more each distinct id they drew at a position besides the one in place (the
+mixes tried), so the cost grows slower than n.
 
     python benchmarks/bench_num_candidates.py                      # n = 1, 8, 32; 9 calls each
     python benchmarks/bench_num_candidates.py --candidates 1 4 16 --side 24 --repeats 5

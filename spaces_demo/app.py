@@ -165,7 +165,7 @@ class Demo:
 
     def vary(self, image, keep_tokens, class_label, guidance_scale, seed, num_candidates=1):
         """API: keep the first `keep_tokens` tokens of `image` (None: what its resolution shows), regrow the rest
-        (`num_candidates` continuations per step, the nearest the input kept)."""
+        (`num_candidates` continuations per step, mixed into the one nearest the input)."""
         return self._final(
             self._arguments(
                 class_label, guidance_scale, seed, image=image, keep_tokens=keep_tokens, num_candidates=num_candidates

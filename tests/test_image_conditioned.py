@@ -93,7 +93,7 @@ def test_images_labels_and_copies(pipe, photo):
     assert torch.equal(alone.token_ids, out.token_ids[2:3])
 
 
-def test_num_candidates_keeps_the_continuation_nearest_the_input_at_every_step(pipe, photo):
+def test_num_candidates_keeps_the_continuation_nearest_the_input_at_every_step(pipe, photo, monkeypatch):
     """Every step draws n continuations of the image's chosen prefix (its n rows draw one after another
     from its generator), takes the one whose decoded image, at the kept resolution, is nearest the input,
     then tries every other id drawn at each new position in turn and keeps a mix that comes nearer;
@@ -109,13 +109,14 @@ def test_num_candidates_keeps_the_continuation_nearest_the_input_at_every_step(p
         return (decoded - target).pow(2).flatten(1).mean(1)
 
     chosen = encoded(pipe, photo)[:, :k]
-    seen, picks, mixed, path = [], [], [], {}
+    seen, picks, mixed, path, decoded_rows = [], [], [], {}, 0
     for length in [t for t in pipe.prefix_lengths() if t > k]:
         done = chosen.shape[1]
         gens = [torch.Generator().manual_seed(seed)] * n  # one stream, its rows drawn one after another
         candidates = pipe.transformer.generate([label] * n, prefix_ids=chosen.expand(n, -1), num_tokens=length,
                                                generator=gens)  # fmt: skip
         errors = distances(candidates)
+        decoded_rows += n
         picks.append(int(errors.argmin()))
         best, best_error = candidates[picks[-1]], errors.min()
         for position in range(done, length):
@@ -125,6 +126,7 @@ def test_num_candidates_keeps_the_continuation_nearest_the_input_at_every_step(p
             mixes = best.repeat(len(others), 1)
             mixes[:, position] = torch.tensor(others)
             errors = distances(mixes)
+            decoded_rows += len(others)  # each other id drawn there, once
             if errors.min() < best_error:
                 best, best_error = mixes[errors.argmin()], errors.min()
         mixed.append(not any(torch.equal(best, row) for row in candidates))
@@ -134,11 +136,15 @@ def test_num_candidates_keeps_the_continuation_nearest_the_input_at_every_step(p
     # the candidates differ, not only the first is ever taken, and some step keeps a mix of them
     assert max(seen) > 1 and any(picks) and any(mixed)
 
-    steps = []
+    steps, rows = [], []
+    decode = pipe.vqvae.decode
+    monkeypatch.setattr(pipe.vqvae, "decode", lambda ids, *a, **kw: rows.append(len(ids)) or decode(ids, *a, **kw))
     out = pipe(class_labels=[label], image=photo, keep_tokens=k, num_candidates=n, output_type="pt",
                generator=[torch.Generator().manual_seed(seed)],
                callback_on_step_end=lambda p, i, t, kw: steps.append(kw["tokens"].shape) or {})  # fmt: skip
+    monkeypatch.undo()
     assert torch.equal(out.token_ids, chosen) and out.kept_tokens == k
+    assert sum(rows) == decoded_rows + 1  # the search decodes no more than that (+ the final image)
     assert steps == [(1, t) for t in pipe.prefix_lengths() if t > k]  # callbacks see one row per image
     # a batch of two images, two copies each: every image is continued towards its own input, from its
     # own generator, so each row is what it would be alone
@@ -151,7 +157,7 @@ def test_num_candidates_keeps_the_continuation_nearest_the_input_at_every_step(p
                  generator=[torch.Generator().manual_seed(12)])  # fmt: skip
     assert torch.equal(batch.token_ids[3:], alone.token_ids)
 
-    # a callback sees the chosen candidate and may replace it; an interrupt stops there
+    # a callback sees the chosen continuation and may replace it; an interrupt stops there
     def graft_then_stop(p, i, t, kw):
         if t == 12:
             p._interrupt = True

@@ -293,7 +293,7 @@ class DetailFlowPipeline(DiffusionPipeline):
                 with `callback_kwargs["tokens"]` the ids so far `(batch, k)`; `timestep` is the token count
                 `k`. As in diffusers, it returns a dict: a `"tokens"` entry replaces the ids so far
                 (generation continues from them). With `num_candidates`, it sees each image's chosen
-                candidate, one row per image. Setting `pipe._interrupt = True` stops after this
+                continuation, one row per image. Setting `pipe._interrupt = True` stops after this
                 step: the images are then those of the tokens so far, at their resolution.
             return_intermediates: also return the image decoded after every step (coarse to fine).
             compile: decode with a static cache and a compiled step (worth it for many batches / on GPU).
@@ -338,11 +338,9 @@ class DetailFlowPipeline(DiffusionPipeline):
         with self.progress_bar(total=len([k for k in steps if k > kept])) as progress:
 
             def on_step(step: int, tokens: torch.LongTensor):
-                """The ids to continue from (`None`: keep them): an image's chosen candidate, then the user's."""
+                """The ids to continue from (`None`: keep them): an image's chosen continuation, then the user's."""
                 progress.update()
-                chosen = None
-                if n > 1:
-                    chosen = self._combine_candidates(tokens, targets, n, new=steps[step] - steps[step - 1])
+                chosen = self._combine_candidates(tokens, targets, n) if n > 1 else None
                 if callback_on_step_end is not None:
                     shown = tokens if chosen is None else chosen  # one row per image
                     returned = callback_on_step_end(self, step, tokens.shape[1], {"tokens": shown}) or {}
@@ -361,7 +359,7 @@ class DetailFlowPipeline(DiffusionPipeline):
                 callback=on_step,
                 interrupt=lambda: self.interrupt,
                 compile=compile,
-            )[::n].contiguous()  # after every step, an image's rows all hold its chosen candidate
+            )[::n].contiguous()  # after every step, an image's rows all hold its chosen continuation
         output = self._output(token_ids, output_type, return_intermediates, kept)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -381,18 +379,17 @@ class DetailFlowPipeline(DiffusionPipeline):
         index = torch.tensor(index, device=prefix_ids.device).repeat_interleave(num_images_per_prompt)
         return class_ids, prefix_ids[index], pixels[index]
 
-    def _combine_candidates(
-        self, tokens: torch.LongTensor, targets: torch.Tensor, n: int, new: int
-    ) -> torch.LongTensor:
+    def _combine_candidates(self, tokens: torch.LongTensor, targets: torch.Tensor, n: int) -> torch.LongTensor:
         """Per image, the continuation nearest its input that the step's candidates can make.
 
-        `tokens` `(batch * n, k)` holds `n` consecutive candidate rows per image, equal but for their last
-        `new` ids (the step's draws); `targets` `(batch, 3, r, r)` is the input at the kept prefix's
-        resolution. The distance of ids to it is the mean squared error of their decoded image resized
-        to `r`. The candidate nearest it is taken first; then, one new position after another, every
-        other id the candidates drew there is tried in its place and the nearest result kept. A step
-        draws its ids independently of each other, so every such mix is a draw the model could make.
-        Decodes `n` rows per image plus one per distinct alternative id. Returns `(batch, k)`.
+        `tokens` `(batch * n, k)` holds `n` consecutive candidate rows per image, equal but for the step's
+        draws; `targets` `(batch, 3, r, r)` is the input at the kept prefix's resolution. The distance of
+        ids to it is the mean squared error of their decoded image resized to `r`. The candidate nearest
+        it is taken first; then, greedily one position after another, every other id the candidates drew
+        there is tried in its place and the nearest of these kept if it is nearer. A step draws its ids
+        independently of each other, so every such mix is a draw the model could make. Decodes `n` rows
+        per image plus one per distinct id drawn at a position besides the one in place. Returns
+        `(batch, k)`.
         """
         batch, k = tokens.shape[0] // n, tokens.shape[1]
         candidates = tokens.view(batch, n, k)
@@ -408,7 +405,8 @@ class DetailFlowPipeline(DiffusionPipeline):
         best_distance, pick = distances(tokens, images.repeat_interleave(n)).view(batch, n).min(1)
         best = candidates[images, pick]
         earlier = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)  # [c, d]: d comes before c
-        for position in range(k - new, k):
+        drawn = (candidates != candidates[:, :1]).any(1).any(0)  # (k,): where candidates differ (the step's draws)
+        for position in drawn.nonzero().flatten().tolist():
             drawn = candidates[:, :, position]  # (batch, n)
             repeated = ((drawn[:, :, None] == drawn[:, None, :]) & earlier).any(-1)
             tried = (drawn != best[:, position, None]) & ~repeated  # each other id once

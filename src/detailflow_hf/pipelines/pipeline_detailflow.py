@@ -405,8 +405,8 @@ class DetailFlowPipeline(DiffusionPipeline):
         best_distance, pick = distances(tokens, images.repeat_interleave(n)).view(batch, n).min(1)
         best = candidates[images, pick]
         earlier = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)  # [c, d]: d comes before c
-        drawn = (candidates != candidates[:, :1]).any(1).any(0)  # (k,): where candidates differ (the step's draws)
-        for position in drawn.nonzero().flatten().tolist():
+        varying = (candidates != candidates[:, :1]).any(1).any(0)  # (k,): where candidates differ (the step's draws)
+        for position in varying.nonzero().flatten().tolist():
             drawn = candidates[:, :, position]  # (batch, n)
             repeated = ((drawn[:, :, None] == drawn[:, None, :]) & earlier).any(-1)
             tried = (drawn != best[:, position, None]) & ~repeated  # each other id once

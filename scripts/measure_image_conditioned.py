@@ -122,6 +122,7 @@ def main(argv=None):
         to_thumbnail = lambda images, side=side, thumb_arr=thumb_arr: round(  # noqa: E731
             psnr(resize_all(images, side), thumb_arr), 2
         )
+        to_full_size = lambda images: round(psnr(np.stack([np.asarray(im) for im in images]), originals), 2)  # noqa: E731
         with_candidates = {}
         for count in args.candidates:
             picked = pipe(
@@ -132,7 +133,7 @@ def main(argv=None):
             ).images
             with_candidates[count] = {
                 "psnr_to_thumbnail": to_thumbnail(picked),
-                "psnr_to_full_size": round(psnr(np.stack([np.asarray(o) for o in picked]), originals), 2),
+                "psnr_to_full_size": to_full_size(picked),
             }
         report["detail_completion"][side] = {
             "kept_tokens": k,
@@ -144,8 +145,8 @@ def main(argv=None):
                 "bicubic_upscaling": to_thumbnail(bicubic),
             },
             "psnr_to_full_size": {
-                "output": round(psnr(np.stack([np.asarray(o) for o in outs]), originals), 2),
-                "bicubic_upscaling": round(psnr(np.stack([np.asarray(b) for b in bicubic]), originals), 2),
+                "output": to_full_size(outs),
+                "bicubic_upscaling": to_full_size(bicubic),
             },
             "num_candidates": with_candidates,
         }

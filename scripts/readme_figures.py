@@ -49,9 +49,7 @@ def quickstart():
               "--display-size", "96"])  # fmt: skip
 
 
-def vary():
-    pipe = DetailFlowPipeline.from_pretrained(detailflow_hf.DEFAULT_MODEL)
-    pipe.set_progress_bar_config(disable=True)
+def vary(pipe: DetailFlowPipeline):
     cells = []
     for row, (name, own, other) in enumerate(INPUTS):
         image = open_image(ROOT / "tests" / "fixtures" / "emoji_named" / name)
@@ -69,9 +67,7 @@ def vary():
     print(IMAGES / "vary.png")
 
 
-def detail():
-    pipe = DetailFlowPipeline.from_pretrained(detailflow_hf.DEFAULT_MODEL)
-    pipe.set_progress_bar_config(disable=True)
+def detail(pipe: DetailFlowPipeline):
     size = pipe.vqvae.config.image_size
     cells = []
     for row, (name, label) in enumerate(HELD_OUT):
@@ -90,5 +86,7 @@ def detail():
 if __name__ == "__main__":
     IMAGES.mkdir(parents=True, exist_ok=True)
     quickstart()
-    vary()
-    detail()
+    embedded = DetailFlowPipeline.from_pretrained(detailflow_hf.DEFAULT_MODEL)
+    embedded.set_progress_bar_config(disable=True)
+    vary(embedded)
+    detail(embedded)
